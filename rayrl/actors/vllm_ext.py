@@ -1,0 +1,48 @@
+"""Methods rayrl adds to every vLLM worker (`worker_extension_cls`).
+
+vLLM runs its model in a worker process of its own; `collective_rpc(name, args)`
+calls these methods there. They join the learner's weight-sync group and load
+received tensors through vLLM's layer-wise reload lifecycle, which re-applies the
+per-layer weight processing that a plain `load_weights` would skip.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rayrl import weight_sync
+
+
+class WeightSyncExtension:
+    """Mixed into vLLM's worker class; `self` is the worker."""
+
+    def rayrl_init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int, backend: str) -> int:
+        """Join the learner's group as rank `rank_offset + this worker's rank`."""
+        rank = rank_offset + self.rank
+        self._rayrl_group = weight_sync.init_group(host, port, rank, world_size, backend)
+        return rank
+
+    def rayrl_receive_weights(self, wire_spec: list, bucket_bytes: int) -> int:
+        """Receive one broadcast of every weight and load it into the running model.
+
+        Args:
+            wire_spec: `weight_sync.to_wire(spec)` of the learner's weights.
+            bucket_bytes: bucket size the learner sends with.
+        """
+        from vllm.model_executor.model_loader.reload import (
+            finalize_layerwise_reload,
+            initialize_layerwise_reload,
+        )
+
+        model = self.model_runner.model
+        device = next(model.parameters()).device
+        loaded = 0
+        initialize_layerwise_reload(model)
+        with torch.no_grad():
+            for name, tensor in weight_sync.receive_weights(
+                self._rayrl_group, weight_sync.from_wire(wire_spec), bucket_bytes, device
+            ):
+                model.load_weights(weights=[(name, tensor)])
+                loaded += 1
+        finalize_layerwise_reload(model, self.model_runner.model_config)
+        return loaded

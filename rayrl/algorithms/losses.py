@@ -1,0 +1,71 @@
+"""PPO clipped policy loss and masked loss aggregation."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+LossAggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
+
+
+def aggregate_loss(
+    loss: torch.Tensor,
+    mask: torch.Tensor,
+    mode: LossAggMode = "token-mean",
+    num_tokens: float | None = None,
+    num_seqs: float | None = None,
+) -> torch.Tensor:
+    """Reduce a (B, T) per-token loss to a scalar over the tokens where `mask` is 1.
+
+    Args:
+        loss: per-token loss, shape (B, T).
+        mask: 1 for trainable tokens, 0 elsewhere, shape (B, T).
+        mode: "token-mean" (every token of the batch weighs the same),
+            "seq-mean-token-mean" (mean per sequence, then mean over sequences),
+            "seq-mean-token-sum" (sum per sequence, then mean over sequences).
+        num_tokens / num_seqs: global denominators when the batch is split into
+            micro-batches, so that accumulated gradients equal the full-batch ones.
+            Default: this micro-batch's own count.
+    """
+    mask = mask.to(loss.dtype)
+    if mode == "token-mean":
+        denom = mask.sum() if num_tokens is None else num_tokens
+        return (loss * mask).sum() / max(float(denom), 1.0)
+    per_seq = (loss * mask).sum(dim=-1)
+    if mode == "seq-mean-token-mean":
+        per_seq = per_seq / mask.sum(dim=-1).clamp(min=1.0)
+    elif mode != "seq-mean-token-sum":
+        raise ValueError(f"unknown loss aggregation {mode!r}")
+    denom = loss.shape[0] if num_seqs is None else num_seqs
+    return per_seq.sum() / max(float(denom), 1.0)
+
+
+def compute_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token PPO clipped surrogate loss.
+
+    loss = -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A),
+    ratio = exp(logprobs - old_logprobs).
+
+    Args:
+        logprobs: current policy log-probabilities of sampled tokens, (B, T).
+        old_logprobs: log-probabilities under the policy that sampled, (B, T).
+        advantages: per-token advantages, (B, T) (or broadcastable).
+        clip_low / clip_high: lower and upper clip ranges (equal for classic PPO).
+
+    Returns:
+        (per-token loss, per-token 0/1 float showing where clipping bound the loss).
+    """
+    log_ratio = (logprobs - old_logprobs).clamp(-20.0, 20.0)
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    loss = torch.maximum(unclipped, clipped)
+    was_clipped = (clipped > unclipped).to(logprobs.dtype)
+    return loss, was_clipped

@@ -1,0 +1,95 @@
+"""`rayrl` command line: `rayrl train CONFIG [section.key=value ...]`, `rayrl check CONFIG ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from rayrl.config import ConfigError, ConfigStore
+
+
+def _load(args) -> ConfigStore:
+    return ConfigStore.from_yaml(args.config, args.overrides)
+
+
+def summarize(history: list[dict], window: int = 5) -> dict:
+    """First/last-window reward means and spreads of a metrics history."""
+    import numpy as np
+
+    rewards = np.array([row["reward_mean"] for row in history])
+    first, last = rewards[:window], rewards[-window:]
+    return {
+        "steps": len(history),
+        "reward_first": float(first.mean()) if first.size else 0.0,
+        "reward_first_std": float(first.std()) if first.size else 0.0,
+        "reward_last": float(last.mean()) if last.size else 0.0,
+        "reward_last_std": float(last.std()) if last.size else 0.0,
+        "step_seconds_median": float(np.median([row["time_step"] for row in history])) if history else 0.0,
+    }
+
+
+def cmd_train(args) -> int:
+    config = _load(args)
+    from rayrl.trainer import RayPPOTrainer
+
+    t0 = time.perf_counter()
+    trainer = RayPPOTrainer(config)
+    try:
+        trainer.setup()
+        print(f"run directory: {trainer.run.path}", flush=True)
+        n_eval = config.training.eval_tasks
+        before = trainer.evaluate(n_eval) if n_eval else None
+        history = trainer.fit()
+        after = trainer.evaluate(n_eval) if n_eval else None
+        summary = summarize(history)
+        summary.update(
+            eval_held_out_before=before, eval_held_out_after=after,
+            wall_seconds=time.perf_counter() - t0, run_dir=str(trainer.run.path),
+            final_policy=trainer.run.checkpoint_path("final") if config.checkpoint.save_final else None,
+        )
+        trainer.run.write_summary(summary)
+    finally:
+        trainer.cleanup()
+    print("\n== rayrl summary ==")
+    print(f"steps {summary['steps']}, median step {summary['step_seconds_median']:.1f}s, wall {summary['wall_seconds']:.0f}s")
+    print(
+        f"reward first 5 steps {summary['reward_first']:.3f} (std {summary['reward_first_std']:.3f}) -> "
+        f"last 5 steps {summary['reward_last']:.3f} (std {summary['reward_last_std']:.3f})"
+    )
+    if before and after:
+        print(f"held-out reward {before['reward_mean']:.3f} -> {after['reward_mean']:.3f}")
+    print(f"metrics: {trainer.run.metrics_file}")
+    if summary["final_policy"]:
+        print(f"final policy (Hugging Face format): {summary['final_policy']}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    config = _load(args)
+    print(json.dumps(config.to_dict(), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rayrl", description="Ray-native RL for LLM agents")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, fn, text in (
+        ("train", cmd_train, "train from a YAML config"),
+        ("check", cmd_check, "validate a config and print it resolved"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("config", help="YAML config file")
+        p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.batch_size=32")
+        p.set_defaults(fn=fn)
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as err:
+        print(f"rayrl: config error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

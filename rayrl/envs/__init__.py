@@ -1,0 +1,40 @@
+"""Built-in environments and the lookup from a config name to a class."""
+
+from __future__ import annotations
+
+import importlib
+
+from rayrl.config import ConfigError, EnvironmentConfig
+from rayrl.envs.base import BaseEnvironment
+from rayrl.envs.math_feedback import MathFeedbackEnvironment
+
+BUILTIN_ENVIRONMENTS: dict[str, type[BaseEnvironment]] = {
+    "math_feedback": MathFeedbackEnvironment,
+}
+
+
+def environment_class(name: str) -> type[BaseEnvironment]:
+    """Class for a built-in name or a `module:Class` path."""
+    if name in BUILTIN_ENVIRONMENTS:
+        return BUILTIN_ENVIRONMENTS[name]
+    if ":" not in name:
+        raise ConfigError(
+            f"environment.name={name!r}: not built in ({sorted(BUILTIN_ENVIRONMENTS)}) "
+            "and not a module:Class path"
+        )
+    module, _, attr = name.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"environment.name={name!r}: cannot import ({err})") from None
+    if not (isinstance(cls, type) and issubclass(cls, BaseEnvironment)):
+        raise ConfigError(f"environment.name={name!r} is not a BaseEnvironment subclass")
+    return cls
+
+
+def make_environment(config: EnvironmentConfig) -> BaseEnvironment:
+    """A fresh environment instance for one episode."""
+    return environment_class(config.name)(config)
+
+
+__all__ = ["BUILTIN_ENVIRONMENTS", "BaseEnvironment", "MathFeedbackEnvironment", "environment_class", "make_environment"]

@@ -1,0 +1,73 @@
+"""The environment interface episodes run against.
+
+An environment is a plain, gymnasium-like object: `reset(task)` returns the first
+observation (the user's message), `step(action_text)` returns
+`(observation, reward, done, info)`. One instance serves one episode at a time;
+rayrl builds a fresh instance per episode from its config, so environments may
+keep per-episode state freely. `sample_task(rng)` draws the task that a group of
+episodes shares (GRPO compares samples of one task).
+
+Subclasses may define `async def areset/astep` instead when a step waits on I/O;
+the default async versions run the sync methods in a worker thread so that one
+slow environment never stalls the episodes running beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from abc import ABC, abstractmethod
+from typing import Any
+
+from rayrl.config import EnvironmentConfig
+
+StepResult = tuple[str, float, bool, dict[str, Any]]
+
+
+class BaseEnvironment(ABC):
+    """Base class for rayrl environments.
+
+    Args:
+        config: the `environment` section of the run's config.
+    """
+
+    def __init__(self, config: EnvironmentConfig | None = None):
+        self.config = config or EnvironmentConfig()
+        self.step_count = 0
+        self.episode_reward = 0.0
+        self._done = False
+
+    # ---- tasks -----------------------------------------------------------
+    def sample_task(self, rng: random.Random) -> Any:
+        """Draw the task of a new group of episodes (default: no task)."""
+        return None
+
+    def sample_eval_task(self, rng: random.Random) -> Any:
+        """Draw a held-out task for evaluation (default: same as training)."""
+        return self.sample_task(rng)
+
+    # ---- episode -----------------------------------------------------------
+    @abstractmethod
+    def reset(self, task: Any = None) -> str:
+        """Start an episode on `task`; return the first observation."""
+
+    @abstractmethod
+    def step(self, action: str) -> StepResult:
+        """Apply the model's `action`; return (observation, reward, done, info)."""
+
+    def get_prompt_prefix(self) -> str:
+        """System prompt shown before the first observation."""
+        return self.config.system_prompt or ""
+
+    @property
+    def done(self) -> bool:
+        """Whether the current episode has ended."""
+        return self._done
+
+    async def areset(self, task: Any = None) -> str:
+        """Async `reset` (runs the sync one in a thread)."""
+        return await asyncio.to_thread(self.reset, task)
+
+    async def astep(self, action: str) -> StepResult:
+        """Async `step` (runs the sync one in a thread)."""
+        return await asyncio.to_thread(self.step, action)

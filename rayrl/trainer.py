@@ -1,0 +1,260 @@
+"""The controller: one loop that reads top to bottom.
+
+rollout -> score -> reference -> advantages -> update -> sync -> checkpoint -> log
+
+The driver holds actor handles and small numbers only. The rollout batch stays in
+the object store: the agent loop returns a reference to a pyarrow table, which the
+reference and the learner read directly; the reference's log-probs likewise go to
+the learner as an object reference. The driver fetches per-episode rewards to
+compute advantages (a few hundred floats).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from tqdm import tqdm
+
+from rayrl import placement
+from rayrl.actors.agent_loop import EpisodeRunner, sample_tasks
+from rayrl.actors.learner import ActorLearner
+from rayrl.actors.reference import ReferenceWorker
+from rayrl.actors.rollout import RolloutWorker
+from rayrl.algorithms import ADVANTAGE_ESTIMATORS
+from rayrl.config import ConfigStore
+from rayrl.model_store import resolve_model
+from rayrl.tracking import RunDirectory
+from rayrl.weight_sync import DEFAULT_BUCKET_BYTES
+
+logger = logging.getLogger(__name__)
+
+# Environment of every rayrl actor. vLLM's CPU backend keeps one core for the
+# framework by default; rayrl's roles take turns on the cores, so the engine gets
+# them all while it generates.
+ACTOR_ENV = {
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+    "VLLM_LOGGING_LEVEL": "WARNING",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
+
+
+def init_ray(config: ConfigStore, num_bundles: int) -> bool:
+    """Attach to `ray.address` / $RAY_ADDRESS, or start a local single-node Ray.
+
+    Returns True when this call started Ray (and so should shut it down).
+    """
+    if ray.is_initialized():
+        return False
+    runtime_env = {"env_vars": ACTOR_ENV}
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        # Resources belong to the cluster; passing num_cpus here is an error.
+        ray.init(address=address, runtime_env=runtime_env)
+        return True
+    num_cpus = max(config.ray.num_cpus or 0, num_bundles, os.cpu_count() or 1)
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=config.ray.include_dashboard,
+        dashboard_host="127.0.0.1",
+        runtime_env=runtime_env,
+        logging_level=logging.WARNING,
+    )
+    return True
+
+
+class RayPPOTrainer:
+    """Trains a policy with GRPO on Ray actors (rollout, reference, actor-learner, agent loop).
+
+    Args:
+        config: full validated config.
+    """
+
+    def __init__(self, config: ConfigStore):
+        self.config = config.check()
+        self.metrics_history: list[dict[str, Any]] = []
+        self.run: RunDirectory | None = None
+        self._started_ray = False
+        self._placement: placement.RolePlacement | None = None
+        self.engines: list = []
+        self.learner = None
+        self.reference = None
+        self.runner = None
+        self.version = 0
+        self.rng = random.Random(config.training.seed)
+
+    # ---- setup ---------------------------------------------------------------
+    def setup(self) -> None:
+        """Resolve the model, place the roles, start their actors and join weight sync."""
+        cfg = self.config
+        model_path = resolve_model(cfg.model.model_name, cfg.model.cache_dir)
+        self.model_path = model_path
+        use_gpu_hint = cfg.ray.use_gpu == "yes"
+        roles = placement.plan_roles(cfg, use_gpu_hint)
+        self._started_ray = init_ray(cfg, sum(r.count for r in roles))
+        use_gpu = placement.decide_gpu(cfg)
+        roles = placement.plan_roles(cfg, use_gpu)
+        self._placement = placement.RolePlacement(roles, cfg.ray.placement_timeout_s)
+        self.run = RunDirectory(cfg)
+
+        p = self._placement
+        self.engines = [
+            p.spawn("rollout", RolloutWorker, model_path, cfg.inference, i)
+            for i in range(cfg.inference.num_engines)
+        ]
+        engine_starts = [e.start.remote() for e in self.engines]
+        self.learner = p.spawn("learner", ActorLearner, model_path, cfg.training, cfg.inference.dtype)
+        if cfg.training.kl_coef > 0:
+            self.reference = p.spawn("reference", ReferenceWorker, model_path, cfg.training)
+        self.runner = p.spawn(
+            "agent_loop", EpisodeRunner, model_path, cfg.environment, cfg.inference, self.engines,
+            actor_options={"max_concurrency": 10_000},
+        )
+        ray.get(engine_starts)
+
+        # Weight-sync group: learner rank 0, engine i rank i + 1.
+        self.spec = ray.get(self.learner.weight_spec.remote())
+        host, port = ray.get(self.learner.sync_address.remote())
+        world = 1 + len(self.engines)
+        backend = "nccl" if use_gpu else "gloo"
+        ray.get(
+            [self.learner.init_weight_sync.remote(host, port, world)]
+            + [e.init_weight_sync.remote(host, port, 1 + i, world, backend) for i, e in enumerate(self.engines)]
+        )
+        ray.get(self.runner.__ray_ready__.remote())
+        if self.reference is not None:
+            ray.get(self.reference.__ray_ready__.remote())
+
+    # ---- the loop --------------------------------------------------------------
+    def fit(self, num_epochs: int | None = None) -> list[dict[str, Any]]:
+        """Run `num_epochs` iterations (default `training.num_epochs`); returns metrics_history."""
+        if self.learner is None:
+            self.setup()
+        cfg = self.config
+        t_cfg = cfg.training
+        total = num_epochs or t_cfg.num_epochs
+        n_groups = t_cfg.batch_size // t_cfg.group_size
+        bar = tqdm(range(total), desc="rayrl", unit="step", dynamic_ncols=True)
+        for step in bar:
+            times: dict[str, float] = {}
+            t_step = time.perf_counter()
+
+            # 1. rollout: episodes run in the agent-loop actor; the batch stays in the object store
+            t = time.perf_counter()
+            tasks = sample_tasks(cfg.environment, n_groups, self.rng)
+            batch_ref, stats_ref = self.runner.collect.options(num_returns=2).remote(tasks, t_cfg.group_size)
+            stats = ray.get(stats_ref)
+            times["rollout"] = time.perf_counter() - t
+
+            # 2. score: rewards come from the environments; GRPO advantages per group
+            rewards = np.asarray(stats["rewards"], dtype=np.float64)
+            advantages = (
+                ADVANTAGE_ESTIMATORS[t_cfg.adv_estimator](torch.from_numpy(rewards), torch.tensor(stats["groups"]))
+                .float()
+                .numpy()
+            )
+
+            # 3. reference log-probs for the KL term (object ref, handed to the learner)
+            t = time.perf_counter()
+            ref_ref = None
+            if self.reference is not None:
+                ref_ref = self.reference.compute_logprobs.remote(batch_ref)
+                ray.wait([ref_ref], fetch_local=False)
+            times["reference"] = time.perf_counter() - t
+
+            # 4. update the policy
+            t = time.perf_counter()
+            update = ray.get(self.learner.update.remote(batch_ref, advantages, ref_ref))
+            times["update"] = time.perf_counter() - t
+
+            # 5. sync weights into every engine
+            t = time.perf_counter()
+            sync = self.sync_weights()
+            times["sync"] = time.perf_counter() - t
+
+            # 6. checkpoint
+            if cfg.checkpoint.save_interval and (step + 1) % cfg.checkpoint.save_interval == 0:
+                ray.get(self.learner.save.remote(self.run.checkpoint_path(f"step_{step + 1:06d}")))
+
+            # 7. log
+            times["step"] = time.perf_counter() - t_step
+            row = self._metrics(step, stats, update, sync, times)
+            self.metrics_history.append(row)
+            self.run.log(row)
+            bar.set_postfix(
+                reward=f"{row['reward_mean']:.3f}", loss=f"{row['loss']:.4f}", kl=f"{row['kl']:.4f}",
+                tok_s=f"{row['tokens_per_s']:.0f}",
+            )
+        bar.close()
+        if cfg.checkpoint.save_final:
+            ray.get(self.learner.save.remote(self.run.checkpoint_path("final")))
+        return self.metrics_history
+
+    def sync_weights(self) -> dict[str, Any]:
+        """Broadcast the learner's weights into every engine (weight version + 1)."""
+        receives = [e.receive_weights.remote(self.spec, DEFAULT_BUCKET_BYTES, self.version + 1) for e in self.engines]
+        send = self.learner.broadcast_weights.remote()
+        # Wait on both sides together so a failing receiver surfaces at once.
+        pending = [send, *receives]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            ray.get(done)
+        sent = ray.get(send)
+        self.version = sent["version"]
+        return sent
+
+    def evaluate(self, num_tasks: int, held_out: bool = True, seed: int = 1234) -> dict[str, float]:
+        """Mean reward and success of one sampled episode per task (held-out tasks by default)."""
+        if self.learner is None:
+            self.setup()
+        tasks = sample_tasks(self.config.environment, num_tasks, random.Random(seed), evaluation=held_out)
+        _, stats_ref = self.runner.collect.options(num_returns=2).remote(tasks, 1)
+        stats = ray.get(stats_ref)
+        return {
+            "reward_mean": float(np.mean(stats["rewards"])) if stats["rewards"] else 0.0,
+            "first_try": float(np.mean(stats["first_try"])) if stats["first_try"] else 0.0,
+            "success": float(np.mean(stats["success"])) if stats["success"] else 0.0,
+            "episodes": len(stats["rewards"]),
+        }
+
+    def _metrics(self, step: int, stats: dict, update: dict, sync: dict, times: dict) -> dict[str, Any]:
+        rewards = np.asarray(stats["rewards"], dtype=np.float64)
+        return {
+            "step": step + 1,
+            "reward_mean": float(rewards.mean()) if rewards.size else 0.0,
+            "reward_std": float(rewards.std()) if rewards.size else 0.0,
+            "success": float(np.mean(stats["success"])) if stats["success"] else 0.0,
+            "first_try": float(np.mean(stats["first_try"])) if stats["first_try"] else 0.0,
+            "turns_mean": float(np.mean(stats["num_turns"])) if stats["num_turns"] else 0.0,
+            "episodes": int(rewards.size),
+            "env_errors": len(stats["errors"]),
+            "response_tokens": stats["response_tokens"],
+            "tokens_per_s": stats["response_tokens"] / max(stats["seconds"], 1e-9),
+            **{k: update[k] for k in ("loss", "pg_loss", "kl", "clip_frac", "entropy", "grad_norm", "logprob_gap")},
+            "weight_version": sync["version"],
+            "sync_gb_per_s": sync["bytes"] / max(sync["seconds"], 1e-9) / 1e9,
+            **{f"time_{k}": v for k, v in times.items()},
+        }
+
+    def cleanup(self) -> None:
+        """Stop engines, free the placement group, and shut Ray down if this trainer started it."""
+        for engine in self.engines:
+            try:
+                ray.get(engine.shutdown.remote(), timeout=60)
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                logger.warning("engine shutdown failed", exc_info=True)
+        if self._placement is not None:
+            self._placement.remove()
+            self._placement = None
+        self.engines, self.learner, self.reference, self.runner = [], None, None, None
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False

@@ -45,15 +45,19 @@ def cmd_train(args) -> int:
         after = trainer.evaluate(n_eval) if n_eval else None
         summary = summarize(history)
         summary.update(
-            eval_held_out_before=before, eval_held_out_after=after,
-            wall_seconds=time.perf_counter() - t0, run_dir=str(trainer.run.path),
+            eval_held_out_before=before,
+            eval_held_out_after=after,
+            wall_seconds=time.perf_counter() - t0,
+            run_dir=str(trainer.run.path),
             final_policy=trainer.run.checkpoint_path("final") if config.checkpoint.save_final else None,
         )
         trainer.run.write_summary(summary)
     finally:
         trainer.cleanup()
     print("\n== rayrl summary ==")
-    print(f"steps {summary['steps']}, median step {summary['step_seconds_median']:.1f}s, wall {summary['wall_seconds']:.0f}s")
+    print(
+        f"steps {summary['steps']}, median step {summary['step_seconds_median']:.1f}s, wall {summary['wall_seconds']:.0f}s"
+    )
     print(
         f"reward first 5 steps {summary['reward_first']:.3f} (std {summary['reward_first_std']:.3f}) -> "
         f"last 5 steps {summary['reward_last']:.3f} (std {summary['reward_last_std']:.3f})"

@@ -268,8 +268,7 @@ class ConfigStore(_Section):
         t, inf = self.training, self.inference
         if t.batch_size % t.group_size:
             raise ConfigError(
-                f"training.batch_size={t.batch_size} must be a multiple of "
-                f"training.group_size={t.group_size}"
+                f"training.batch_size={t.batch_size} must be a multiple of training.group_size={t.group_size}"
             )
         if t.batch_size % t.num_mini_batches:
             raise ConfigError(

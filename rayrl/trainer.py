@@ -115,7 +115,12 @@ class RayPPOTrainer:
         if cfg.training.kl_coef > 0:
             self.reference = p.spawn("reference", ReferenceWorker, model_path, cfg.training)
         self.runner = p.spawn(
-            "agent_loop", EpisodeRunner, model_path, cfg.environment, cfg.inference, self.engines,
+            "agent_loop",
+            EpisodeRunner,
+            model_path,
+            cfg.environment,
+            cfg.inference,
+            self.engines,
             actor_options={"max_concurrency": 10_000},
         )
         ray.get(engine_starts)
@@ -127,7 +132,10 @@ class RayPPOTrainer:
         backend = "nccl" if use_gpu else "gloo"
         ray.get(
             [self.learner.init_weight_sync.remote(host, port, world)]
-            + [e.init_weight_sync.remote(host, port, 1 + i, world, backend) for i, e in enumerate(self.engines)]
+            + [
+                e.init_weight_sync.remote(host, port, 1 + i, world, backend)
+                for i, e in enumerate(self.engines)
+            ]
         )
         ray.get(self.runner.__ray_ready__.remote())
         if self.reference is not None:
@@ -157,7 +165,9 @@ class RayPPOTrainer:
             # 2. score: rewards come from the environments; GRPO advantages per group
             rewards = np.asarray(stats["rewards"], dtype=np.float64)
             advantages = (
-                ADVANTAGE_ESTIMATORS[t_cfg.adv_estimator](torch.from_numpy(rewards), torch.tensor(stats["groups"]))
+                ADVANTAGE_ESTIMATORS[t_cfg.adv_estimator](
+                    torch.from_numpy(rewards), torch.tensor(stats["groups"])
+                )
                 .float()
                 .numpy()
             )
@@ -190,7 +200,9 @@ class RayPPOTrainer:
             self.metrics_history.append(row)
             self.run.log(row)
             bar.set_postfix(
-                reward=f"{row['reward_mean']:.3f}", loss=f"{row['loss']:.4f}", kl=f"{row['kl']:.4f}",
+                reward=f"{row['reward_mean']:.3f}",
+                loss=f"{row['loss']:.4f}",
+                kl=f"{row['kl']:.4f}",
                 tok_s=f"{row['tokens_per_s']:.0f}",
             )
         bar.close()
@@ -200,7 +212,9 @@ class RayPPOTrainer:
 
     def sync_weights(self) -> dict[str, Any]:
         """Broadcast the learner's weights into every engine (weight version + 1)."""
-        receives = [e.receive_weights.remote(self.spec, DEFAULT_BUCKET_BYTES, self.version + 1) for e in self.engines]
+        receives = [
+            e.receive_weights.remote(self.spec, DEFAULT_BUCKET_BYTES, self.version + 1) for e in self.engines
+        ]
         send = self.learner.broadcast_weights.remote()
         # Wait on both sides together so a failing receiver surfaces at once.
         pending = [send, *receives]
@@ -238,7 +252,10 @@ class RayPPOTrainer:
             "env_errors": len(stats["errors"]),
             "response_tokens": stats["response_tokens"],
             "tokens_per_s": stats["response_tokens"] / max(stats["seconds"], 1e-9),
-            **{k: update[k] for k in ("loss", "pg_loss", "kl", "clip_frac", "entropy", "grad_norm", "logprob_gap")},
+            **{
+                k: update[k]
+                for k in ("loss", "pg_loss", "kl", "clip_frac", "entropy", "grad_norm", "logprob_gap")
+            },
             "weight_version": sync["version"],
             "sync_gb_per_s": sync["bytes"] / max(sync["seconds"], 1e-9) / 1e9,
             **{f"time_{k}": v for k, v in times.items()},

@@ -159,19 +159,32 @@ def send_weights(
     return sent
 
 
-def receive_weights(
+def receive_buckets(
     group,
     spec: WeightSpec,
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     device: torch.device | str = "cpu",
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """Receive the broadcast of `send_weights`, yielding (name, tensor) bucket by bucket."""
-    for bucket in plan_buckets(spec, bucket_bytes):
+) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Receive the broadcast of `send_weights`, one bucket's (name, tensor) list at a time.
+
+    The next bucket's receive is posted before the current one is handed out, so
+    loading overlaps the transfer.
+    """
+    layout = plan_buckets(spec, bucket_bytes)
+
+    def post(bucket):
         dtype = torch_dtype(spec[bucket[0]].dtype)
         flat = torch.empty(sum(spec[i].numel for i in bucket), dtype=dtype, device=device)
-        group.broadcast(flat, 0).wait()
-        offset = 0
+        return flat, group.broadcast(flat, 0)
+
+    pending = post(layout[0]) if layout else None
+    for k, bucket in enumerate(layout):
+        flat, work = pending
+        work.wait()
+        pending = post(layout[k + 1]) if k + 1 < len(layout) else None
+        views, offset = [], 0
         for i in bucket:
             n = spec[i].numel
-            yield spec[i].name, flat[offset : offset + n].view(spec[i].shape)
+            views.append((spec[i].name, flat[offset : offset + n].view(spec[i].shape)))
             offset += n
+        yield views

@@ -53,7 +53,9 @@ class EpisodeRunner:
         engines: handles of the rollout actors; episodes are spread over them.
     """
 
-    def __init__(self, model_path: str, env_config: EnvironmentConfig, inference_config: InferenceConfig, engines: list):
+    def __init__(
+        self, model_path: str, env_config: EnvironmentConfig, inference_config: InferenceConfig, engines: list
+    ):
         from transformers import AutoTokenizer
 
         self.env_config = env_config
@@ -66,7 +68,9 @@ class EpisodeRunner:
 
     # ---- chat rendering ----------------------------------------------------
     def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+        return self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tokenize=False
+        )
 
     def prompt_ids(self, first_observation: str) -> tuple[list[int], list[dict]]:
         """Token ids of the opening prompt and the message list it came from."""
@@ -80,7 +84,9 @@ class EpisodeRunner:
         next assistant header, as the chat template would render them."""
         with_assistant = messages + [{"role": "assistant", "content": _PLACEHOLDER}]
         closed = self._render(with_assistant, add_generation_prompt=False)
-        reopened = self._render(with_assistant + [{"role": "user", "content": observation}], add_generation_prompt=True)
+        reopened = self._render(
+            with_assistant + [{"role": "user", "content": observation}], add_generation_prompt=True
+        )
         if not reopened.startswith(closed):
             raise ValueError("chat template renders a prefix differently once a turn is added")
         close = closed.split(_PLACEHOLDER, 1)[1]
@@ -129,7 +135,9 @@ class EpisodeRunner:
             logprobs += [0.0] * len(feedback)
         return Episode(ids, mask, logprobs, reward, group, turns, dict(info), error)
 
-    async def collect(self, tasks: list[Any], group_size: int, temperature: float | None = None) -> tuple[pa.Table, dict]:
+    async def collect(
+        self, tasks: list[Any], group_size: int, temperature: float | None = None
+    ) -> tuple[pa.Table, dict]:
         """Run `group_size` episodes per task, all at once.
 
         Returns:
@@ -170,7 +178,9 @@ class EpisodeRunner:
         return table, stats
 
 
-def sample_tasks(env_config: EnvironmentConfig, n: int, rng: random.Random, evaluation: bool = False) -> list[Any]:
+def sample_tasks(
+    env_config: EnvironmentConfig, n: int, rng: random.Random, evaluation: bool = False
+) -> list[Any]:
     """Draw `n` tasks from the configured environment (held-out ones when `evaluation`)."""
     env = make_environment(env_config)
     draw = env.sample_eval_task if evaluation else env.sample_task

@@ -71,13 +71,17 @@ class ActorLearner:
         if len(advantages) != len(seqs):
             raise ValueError(f"{len(advantages)} advantages for {len(seqs)} sequences")
         adv_tok = torch.from_numpy(np.repeat(np.asarray(advantages, dtype=np.float32), seqs.token_counts))
-        ref = torch.from_numpy(np.asarray(ref_logprobs, dtype=np.float32)) if ref_logprobs is not None else None
+        ref = (
+            torch.from_numpy(np.asarray(ref_logprobs, dtype=np.float32)) if ref_logprobs is not None else None
+        )
         rollout_lp = _masked_values(batch, "rollout_logprobs", seqs.num_tokens)
         on_policy = cfg.ppo_epochs == 1 and cfg.num_mini_batches == 1
         old_lp = None
         if not on_policy:
             old_lp = torch.from_numpy(
-                modeling.batch_logprobs(self.model, seqs, cfg.micro_batch_size, self.device, cfg.autocast_dtype)
+                modeling.batch_logprobs(
+                    self.model, seqs, cfg.micro_batch_size, self.device, cfg.autocast_dtype
+                )
             )
 
         sums = {"pg_loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, "logprob_gap": 0.0}
@@ -94,7 +98,9 @@ class ActorLearner:
                     ids, attn, mask = seqs.padded(rows, self.device)
                     idx = torch.from_numpy(seqs.flat_index(rows))
                     with modeling.autocast(self.device, cfg.autocast_dtype):
-                        lp, entropy = modeling.token_logprobs(self.model, ids, attn, mask, with_entropy=epoch == 0)
+                        lp, entropy = modeling.token_logprobs(
+                            self.model, ids, attn, mask, with_entropy=epoch == 0
+                        )
                     old = old_lp[idx].to(self.device) if old_lp is not None else lp.detach()
                     pg, clipped = compute_policy_loss(
                         lp, old, adv_tok[idx].to(self.device), cfg.clip_ratio_low, cfg.clip_ratio_high
@@ -107,7 +113,9 @@ class ActorLearner:
                     select = mask[:, 1:]
                     dense = torch.zeros(select.shape, dtype=token_loss.dtype, device=self.device)
                     dense[select] = token_loss
-                    loss = aggregate_loss(dense, select, cfg.loss_agg_mode, num_tokens=n_tok, num_seqs=len(mini))
+                    loss = aggregate_loss(
+                        dense, select, cfg.loss_agg_mode, num_tokens=n_tok, num_seqs=len(mini)
+                    )
                     loss.backward()
                     mini_loss += float(loss.detach())
                     if epoch == 0:
@@ -120,7 +128,9 @@ class ActorLearner:
                         gap = (lp.detach().float().cpu() - rollout_lp[idx]).abs()
                         sums["logprob_gap"] += float(gap.sum())
                         seen_tokens += len(idx)
-                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)))
+                grad_norms.append(
+                    float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm))
+                )
                 self.optimizer.step()
                 losses.append(mini_loss)
         denom = max(seen_tokens, 1)

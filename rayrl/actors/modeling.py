@@ -96,13 +96,19 @@ class SequenceBatch:
     def flat_index(self, rows: np.ndarray) -> np.ndarray:
         """Positions in the flat per-token arrays of the masked tokens of `rows`, in the
         order `token_logprobs` returns them (row by row)."""
-        return np.concatenate(
-            [np.arange(self.token_offsets[r], self.token_offsets[r + 1]) for r in rows]
-        ) if len(rows) else np.zeros(0, dtype=np.int64)
+        return (
+            np.concatenate([np.arange(self.token_offsets[r], self.token_offsets[r + 1]) for r in rows])
+            if len(rows)
+            else np.zeros(0, dtype=np.int64)
+        )
 
 
 def token_logprobs(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor, with_entropy: bool = False
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    loss_mask: torch.Tensor,
+    with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the tokens where `loss_mask` is set, flattened row by row.
 
@@ -127,7 +133,9 @@ def token_logprobs(
 
 
 @torch.no_grad()
-def batch_logprobs(model, batch: SequenceBatch, micro_batch_size: int, device: torch.device, autocast_dtype: str) -> np.ndarray:
+def batch_logprobs(
+    model, batch: SequenceBatch, micro_batch_size: int, device: torch.device, autocast_dtype: str
+) -> np.ndarray:
     """Flat float32 log-probs of every trainable token of `batch`, in table order."""
     out = np.zeros(batch.num_tokens, dtype=np.float32)
     for rows in batch.micro_batches(np.arange(len(batch)), micro_batch_size):

@@ -85,7 +85,9 @@ class RolloutWorker:
             logprobs=0,
         )
         final = None
-        async for out in self.engine.generate(TokensPrompt(prompt_token_ids=list(prompt_ids)), params, uuid.uuid4().hex):
+        async for out in self.engine.generate(
+            TokensPrompt(prompt_token_ids=list(prompt_ids)), params, uuid.uuid4().hex
+        ):
             final = out
         completion = final.outputs[0]
         ids = list(completion.token_ids)
@@ -100,11 +102,17 @@ class RolloutWorker:
 
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         final = None
-        async for out in self.engine.generate(TokensPrompt(prompt_token_ids=list(token_ids)), params, uuid.uuid4().hex):
+        async for out in self.engine.generate(
+            TokensPrompt(prompt_token_ids=list(token_ids)), params, uuid.uuid4().hex
+        ):
             final = out
-        return [entry[tok].logprob for tok, entry in zip(token_ids[1:], final.prompt_logprobs[1:], strict=True)]
+        return [
+            entry[tok].logprob for tok, entry in zip(token_ids[1:], final.prompt_logprobs[1:], strict=True)
+        ]
 
-    async def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int, backend: str) -> list[int]:
+    async def init_weight_sync(
+        self, host: str, port: int, rank_offset: int, world_size: int, backend: str
+    ) -> list[int]:
         """Have every engine worker join the learner's weight-sync group."""
         return await self.engine.collective_rpc(
             "rayrl_init_weight_sync", args=(host, port, rank_offset, world_size, backend)

@@ -16,10 +16,13 @@ from rayrl import weight_sync
 class WeightSyncExtension:
     """Mixed into vLLM's worker class; `self` is the worker."""
 
-    def rayrl_init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int, backend: str) -> int:
+    def rayrl_init_weight_sync(
+        self, host: str, port: int, rank_offset: int, world_size: int, backend: str
+    ) -> int:
         """Join the learner's group as rank `rank_offset + this worker's rank`."""
         rank = rank_offset + self.rank
         self._rayrl_group = weight_sync.init_group(host, port, rank, world_size, backend)
+        self._rayrl_aliases = _shared_parameters(self.model_runner.model)
         return rank
 
     def rayrl_receive_weights(self, wire_spec: list, bucket_bytes: int) -> int:
@@ -39,10 +42,27 @@ class WeightSyncExtension:
         loaded = 0
         initialize_layerwise_reload(model)
         with torch.no_grad():
-            for name, tensor in weight_sync.receive_weights(
+            for bucket in weight_sync.receive_buckets(
                 self._rayrl_group, weight_sync.from_wire(wire_spec), bucket_bytes, device
             ):
-                model.load_weights(weights=[(name, tensor)])
-                loaded += 1
+                model.load_weights(weights=bucket)
+                loaded += len(bucket)
         finalize_layerwise_reload(model, self.model_runner.model_config)
+        # Layer-wise reload restores a layer that received nothing (the tied LM head)
+        # from its old tensors, which unties it; point it at the fresh shared weight again.
+        for alias, source in self._rayrl_aliases:
+            module, _, attr = alias.rpartition(".")
+            setattr(model.get_submodule(module), attr, model.get_parameter(source))
         return loaded
+
+
+def _shared_parameters(model: torch.nn.Module) -> list[tuple[str, str]]:
+    """(alias, source) names of parameters that are the same tensor (tied weights)."""
+    first: dict[int, str] = {}
+    aliases = []
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            aliases.append((name, first[id(param)]))
+        else:
+            first[id(param)] = name
+    return aliases

@@ -34,7 +34,10 @@ def compute_grpo_advantage(
         if r.numel() < 2:
             continue
         centred = r - r.mean()
-        adv[idx] = centred / (r.std(unbiased=True) + eps) if normalize_std else centred
+        if normalize_std:
+            std = r.std(unbiased=True)
+            centred = centred / (std + eps) if std > 0 else torch.zeros_like(centred)
+        adv[idx] = centred
     return adv
 
 

@@ -37,4 +37,10 @@ def make_environment(config: EnvironmentConfig) -> BaseEnvironment:
     return environment_class(config.name)(config)
 
 
-__all__ = ["BUILTIN_ENVIRONMENTS", "BaseEnvironment", "MathFeedbackEnvironment", "environment_class", "make_environment"]
+__all__ = [
+    "BUILTIN_ENVIRONMENTS",
+    "BaseEnvironment",
+    "MathFeedbackEnvironment",
+    "environment_class",
+    "make_environment",
+]

@@ -38,6 +38,8 @@ class MathFeedbackParams(BaseModel):
     """Largest operand of held-out evaluation questions (two digits by default)."""
     feedback_discount: float = Field(0.5, ge=0.0, le=1.0)
     """Reward factor per extra turn a right answer needed."""
+    system_prompt: str = "Solve the arithmetic problem."
+    """System prompt (short: every token of it is in every training sequence)."""
     correct_feedback: str = "Correct!"
     """Observation after a right answer."""
     wrong_feedback: str = "Your answer is wrong. Try again: give just the number."
@@ -62,7 +64,9 @@ class MathFeedbackEnvironment(BaseEnvironment):
         try:
             self.params = MathFeedbackParams.model_validate(self.config.params)
         except ValidationError as err:
-            bad = "; ".join(f"environment.params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+            bad = "; ".join(
+                f"environment.params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
+            )
             raise ConfigError(bad) from None
         self.task: dict[str, int] | None = None
 
@@ -74,6 +78,9 @@ class MathFeedbackEnvironment(BaseEnvironment):
 
     def sample_eval_task(self, rng: random.Random) -> dict[str, int]:
         return self._question(rng, self.params.eval_min_operand, self.params.eval_max_operand)
+
+    def get_prompt_prefix(self) -> str:
+        return self.config.system_prompt or self.params.system_prompt
 
     def answer(self, task: dict[str, int]) -> int:
         """The right answer to `task`."""

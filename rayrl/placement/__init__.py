@@ -93,7 +93,8 @@ class RolePlacement:
         if need_gpu:
             parts.append(f"{need_gpu:g} GPU")
         return (
-            f"placement group not ready after {timeout_s:g}s: the layout " + ", ".join(parts)
+            f"placement group not ready after {timeout_s:g}s: the layout "
+            + ", ".join(parts)
             + f"; cluster has {have.get('CPU', 0):g} CPU and {have.get('GPU', 0):g} GPU"
         )
 

@@ -1,0 +1,164 @@
+"""rayrl benchmark on the default model: GRPO step time and phases, rollout tokens/s
+against raw vLLM on the same prompts, and weight-sync GB/s. Prints a table.
+
+    .venv/bin/python bench/bench_grpo.py [--steps 6] [--prompts 8] [--samples 4] [--max-tokens 48]
+
+The default shape (8 prompts x 4 samples x 48 new tokens, one turn) is the one TRL's
+GRPOTrainer took about 47 s per step for on this 2-core machine (PLATFORM.md).
+Phases run in separate processes one after the other, so they never share the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+
+def raw_vllm(args) -> dict:
+    """Offline vLLM on the same chat prompts: the engine's own ceiling."""
+    import os
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    from vllm import LLM, SamplingParams
+
+    from rayrl.model_store import resolve_model
+
+    path = resolve_model("SmolLM2-135M-Instruct")
+    llm = LLM(model=path, dtype="bfloat16", max_model_len=1024, enforce_eager=True, seed=0)
+    prompts = _prompts(path, args.prompts * args.samples)
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=1.0, logprobs=0)
+    llm.generate([{"prompt_token_ids": p} for p in prompts[:8]], params)  # warm-up
+    rates = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        n = sum(len(o.outputs[0].token_ids) for o in outs)
+        rates.append(n / (time.perf_counter() - t0))
+    return {"raw_vllm_tokens_per_s": statistics.median(rates)}
+
+
+def _prompts(path: str, n: int) -> list[list[int]]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    out = []
+    for i in range(n):
+        a, b = (i * 7) % 10, (i * 3) % 10
+        messages = [
+            {"role": "system", "content": "Solve the arithmetic problem."},
+            {"role": "user", "content": f"What is {a} + {b}?"},
+        ]
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        out.append(tok.encode(text, add_special_tokens=False))
+    return out
+
+
+def rayrl_steps(args) -> dict:
+    """GRPO steps through rayrl's real actors, then repeated weight syncs."""
+    from rayrl.config import ConfigStore
+    from rayrl.trainer import RayPPOTrainer
+
+    config = ConfigStore.from_dict(
+        {
+            "inference": {"max_tokens": args.max_tokens},
+            "training": {
+                "num_epochs": args.steps,
+                "batch_size": args.prompts * args.samples,
+                "group_size": args.samples,
+                "eval_tasks": 0,
+            },
+            "environment": {"max_turns": 1},
+            "checkpoint": {"run_dir": "/tmp/rayrl-bench", "save_final": False},
+            "ray": {"include_dashboard": False},
+        }
+    )
+    trainer = RayPPOTrainer(config)
+    try:
+        t0 = time.perf_counter()
+        trainer.setup()
+        setup_s = time.perf_counter() - t0
+        history = trainer.fit()
+        syncs = [trainer.sync_weights() for _ in range(5)]
+    finally:
+        trainer.cleanup()
+    steady = history[1:] or history  # the first step includes engine warm-up
+    med = {
+        k: statistics.median(r[k] for r in steady)
+        for k in ("time_step", "time_rollout", "time_reference", "time_update", "time_sync", "tokens_per_s")
+    }
+    return {
+        "setup_s": setup_s,
+        **med,
+        "sync_gb_per_s": statistics.median(s["bytes"] / s["seconds"] / 1e9 for s in syncs),
+        "sync_seconds": statistics.median(s["seconds"] for s in syncs),
+        "sync_bytes": syncs[0]["bytes"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--part", choices=["raw", "rayrl"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.part:
+        result = raw_vllm(args) if args.part == "raw" else rayrl_steps(args)
+        print("RESULT " + json.dumps(result))
+        return
+    results = {}
+    for part in ("raw", "rayrl"):
+        cmd = [
+            sys.executable,
+            __file__,
+            "--part",
+            part,
+            "--steps",
+            str(args.steps),
+            "--prompts",
+            str(args.prompts),
+            "--samples",
+            str(args.samples),
+            "--max-tokens",
+            str(args.max_tokens),
+        ]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if line is None:
+            sys.stderr.write(out.stdout[-3000:] + out.stderr[-3000:])
+            raise SystemExit(f"bench part {part!r} failed")
+        results.update(json.loads(line[len("RESULT ") :]))
+    r = results
+    shape = f"{args.prompts} prompts x {args.samples} samples x {args.max_tokens} new tokens, 1 turn"
+    rows = [
+        ("shape", shape),
+        ("GRPO step, median (s)", f"{r['time_step']:.1f}"),
+        ("  rollout (s)", f"{r['time_rollout']:.1f}"),
+        ("  reference (s)", f"{r['time_reference']:.1f}"),
+        ("  update (s)", f"{r['time_update']:.1f}"),
+        ("  weight sync (s)", f"{r['time_sync']:.2f}"),
+        ("vs TRL GRPOTrainer 47 s/step", f"{47.0 / r['time_step']:.1f}x faster"),
+        ("rollout tokens/s, rayrl", f"{r['tokens_per_s']:.0f}"),
+        ("rollout tokens/s, raw vLLM", f"{r['raw_vllm_tokens_per_s']:.0f}"),
+        ("rayrl / raw vLLM", f"{r['tokens_per_s'] / r['raw_vllm_tokens_per_s']:.2f}"),
+        (
+            "weight sync (GB/s, median of 5)",
+            f"{r['sync_gb_per_s']:.2f} ({r['sync_bytes'] / 1e6:.0f} MB in {r['sync_seconds']:.2f} s)",
+        ),
+        ("setup: engines + models (s)", f"{r['setup_s']:.0f}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print(f"{'metric':<{width}} | value")
+    print(f"{'-' * width}-|-{'-' * 40}")
+    for k, v in rows:
+        print(f"{k:<{width}} | {v}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The whole loop on real actors with a tiny model: files, metrics, sync, saved policy."""
+
+import json
+
+import pytest
+import yaml
+
+from rayrl.trainer import RayPPOTrainer
+from tests.conftest import make_config
+
+
+@pytest.fixture(scope="module")
+def finished_run(ray_local, tiny_model, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs")
+    config = make_config(
+        model={"model_name": tiny_model},
+        inference={"max_tokens": 8, "max_model_len": 256, "kv_cache_gb": 1},
+        training={
+            "num_epochs": 2,
+            "batch_size": 8,
+            "group_size": 4,
+            "micro_batch_size": 4,
+            "learning_rate": 1e-3,
+        },
+        checkpoint={"run_dir": str(run_dir), "run_name": "tiny"},
+        ray={"include_dashboard": False},
+    )
+    trainer = RayPPOTrainer(config)
+    try:
+        history = trainer.fit()
+        evaluation = trainer.evaluate(4)
+    finally:
+        trainer.cleanup()
+    return trainer, history, evaluation
+
+
+def test_metrics_history_and_run_files(finished_run):
+    trainer, history, _ = finished_run
+    assert [row["step"] for row in history] == [1, 2]
+    path = trainer.run.path
+    rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == history
+    for key in (
+        "reward_mean",
+        "reward_std",
+        "loss",
+        "kl",
+        "clip_frac",
+        "tokens_per_s",
+        "time_rollout",
+        "time_reference",
+        "time_update",
+        "time_sync",
+    ):
+        assert key in rows[0], key
+    assert rows[0]["episodes"] == 8
+    assert rows[-1]["weight_version"] == 2
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-3)  # policy == reference before the first update
+    saved = yaml.safe_load((path / "config.yaml").read_text())
+    assert saved["training"]["batch_size"] == 8
+
+
+def test_final_policy_is_a_loadable_hf_folder(finished_run):
+    from transformers import AutoModelForCausalLM
+
+    trainer, _, _ = finished_run
+    final = trainer.run.path / "final"
+    assert (final / "config.json").is_file() and (final / "tokenizer.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(final)
+    assert model.num_parameters() > 0
+
+
+def test_evaluation_runs_held_out_episodes(finished_run):
+    _, _, evaluation = finished_run
+    assert evaluation["episodes"] == 4
+    assert 0.0 <= evaluation["reward_mean"] <= 1.0
+
+
+def test_cleanup_left_ray_running_for_the_caller(finished_run, ray_local):
+    trainer, _, _ = finished_run
+    assert ray_local.is_initialized()
+    assert trainer.engines == [] and trainer.learner is None

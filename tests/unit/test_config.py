@@ -1,0 +1,91 @@
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from rayrl.config import ConfigError, ConfigStore
+from tests.conftest import make_config
+
+
+def test_defaults_are_valid_and_round_trip():
+    config = ConfigStore()
+    config.check()
+    again = ConfigStore.from_dict(config.to_dict())
+    assert again == config
+
+
+def test_yaml_with_dotted_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "training:\n  batch_size: 16\n  group_size: 4\nenvironment:\n  params: {max_operand: 5}\n"
+    )
+    config = ConfigStore.from_yaml(path, ["training.learning_rate=2e-5", "environment.params.operation=*"])
+    assert config.training.batch_size == 16
+    assert config.training.learning_rate == pytest.approx(2e-5)
+    assert config.environment.params == {"max_operand": 5, "operation": "*"}
+
+
+@pytest.mark.parametrize(
+    "override, names",
+    [
+        ("training.bogus=1", "training.bogus"),
+        ("training.batch_size=abc", "training.batch_size"),
+        ("inference.temperature=-1", "inference.temperature"),
+        ("nosuch.key=1", "nosuch"),
+        ("training.batch_size=30", "training.group_size"),
+        ("training.num_mini_batches=5", "training.num_mini_batches"),
+        ("inference.backend=sglang", "inference.backend"),
+        ("inference.max_tokens=600", "inference.max_model_len"),
+    ],
+)
+def test_bad_values_name_the_key(override, names):
+    with pytest.raises(ConfigError, match=names.replace(".", r"\.")):
+        ConfigStore.from_dict({}, [override])
+
+
+def test_assignment_is_validated_like_the_seed_api():
+    config = ConfigStore()
+    config.training.learning_rate = 1e-5
+    config.inference.max_tokens = 128
+    assert config.training.learning_rate == 1e-5
+    with pytest.raises(ConfigError, match="batch_size"):
+        config.training.batch_size = "many"
+    with pytest.raises(ConfigError, match="unknown key|no_such"):
+        config.training.no_such = 1
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        ConfigStore.from_yaml(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training: [unclosed\n")
+    with pytest.raises(ConfigError, match="YAML"):
+        ConfigStore.from_yaml(bad)
+
+
+def test_make_config_builder():
+    config = make_config(training={"batch_size": 8, "group_size": 2})
+    assert config.training.batch_size == 8
+
+
+def test_config_imports_without_torch_ray_or_vllm():
+    code = textwrap.dedent(
+        """
+        import sys
+        import rayrl.config, rayrl
+        rayrl.ConfigStore().check()
+        heavy = [m for m in ("torch", "ray", "vllm") if m in sys.modules]
+        assert not heavy, heavy
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_job_configs_are_valid():
+    from pathlib import Path
+
+    jobs = sorted(Path(__file__).resolve().parents[2].joinpath("jobs").glob("*.yaml"))
+    assert jobs
+    for job in jobs:
+        ConfigStore.from_yaml(job)

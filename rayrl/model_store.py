@@ -108,13 +108,13 @@ def _convert_gguf(target: Path) -> None:
     os.replace(tmp, target)
 
 
-def build_tiny_llama(target: str | Path, *, num_layers: int = 2, hidden: int = 64, seed: int = 0) -> str:
+def build_tiny_llama(target: str | Path, *, num_layers: int = 2, hidden: int = 128, seed: int = 0) -> str:
     """Write a small random Llama beside the default model's real tokenizer (for fast tests).
 
     Args:
         target: output folder.
         num_layers: decoder layers.
-        hidden: hidden size (heads are hidden // 16).
+        hidden: hidden size; heads are 64 wide (a head size vLLM's CPU attention supports).
         seed: torch seed for the random weights.
     """
     import torch
@@ -129,8 +129,8 @@ def build_tiny_llama(target: str | Path, *, num_layers: int = 2, hidden: int = 6
         hidden_size=hidden,
         intermediate_size=hidden * 2,
         num_hidden_layers=num_layers,
-        num_attention_heads=max(1, hidden // 16),
-        num_key_value_heads=max(1, hidden // 32),
+        num_attention_heads=max(1, hidden // 64),
+        num_key_value_heads=1,
         max_position_embeddings=2048,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,

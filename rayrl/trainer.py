@@ -215,7 +215,7 @@ class RayPPOTrainer:
         receives = [
             e.receive_weights.remote(self.spec, DEFAULT_BUCKET_BYTES, self.version + 1) for e in self.engines
         ]
-        send = self.learner.broadcast_weights.remote()
+        send = self.learner.broadcast_weights.remote(DEFAULT_BUCKET_BYTES)
         # Wait on both sides together so a failing receiver surfaces at once.
         pending = [send, *receives]
         while pending:

@@ -28,7 +28,6 @@ class ActorLearner:
         model_path: local Hugging Face folder of the initial policy.
         config: the `training` section.
         sync_dtype: dtype the inference engines hold weights in (sent on the wire).
-        bucket_bytes: weight-sync bucket size.
     """
 
     def __init__(
@@ -36,7 +35,6 @@ class ActorLearner:
         model_path: str,
         config: TrainingConfig,
         sync_dtype: str = "bfloat16",
-        bucket_bytes: int = weight_sync.DEFAULT_BUCKET_BYTES,
     ):
         self.config = config
         self.model_path = model_path
@@ -48,7 +46,6 @@ class ActorLearner:
             self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
         self.sync_dtype = sync_dtype
-        self.bucket_bytes = bucket_bytes
         self.rng = np.random.default_rng(config.seed)
         self.version = 0
         self._group = None
@@ -164,14 +161,18 @@ class ActorLearner:
         self._group = weight_sync.init_group(host, port, 0, world_size, backend)
         return backend
 
-    def broadcast_weights(self) -> dict:
-        """Send the current weights to every engine; returns bytes, seconds and version."""
+    def broadcast_weights(self, bucket_bytes: int = weight_sync.DEFAULT_BUCKET_BYTES) -> dict:
+        """Send the current weights to every engine; returns bytes, seconds and version.
+
+        Args:
+            bucket_bytes: bucket size; the receivers must be given the same number.
+        """
         if self._group is None:
             raise RuntimeError("init_weight_sync() has not run")
         t0 = time.perf_counter()
         with torch.no_grad():
             sent = weight_sync.send_weights(
-                self._group, self.model.named_parameters(), self.weight_spec(), self.bucket_bytes, self.device
+                self._group, self.model.named_parameters(), self.weight_spec(), bucket_bytes, self.device
             )
         self.version += 1
         return {"bytes": sent, "seconds": time.perf_counter() - t0, "version": self.version}

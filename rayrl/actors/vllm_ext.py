@@ -8,6 +8,8 @@ per-layer weight processing that a plain `load_weights` would skip.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from rayrl import weight_sync
@@ -23,6 +25,9 @@ class WeightSyncExtension:
         rank = rank_offset + self.rank
         self._rayrl_group = weight_sync.init_group(host, port, rank, world_size, backend)
         self._rayrl_aliases = _shared_parameters(self.model_runner.model)
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(
+            _ExpectedReloadWarnings()
+        )
         return rank
 
     def rayrl_receive_weights(self, wire_spec: list, bucket_bytes: int) -> int:
@@ -49,11 +54,29 @@ class WeightSyncExtension:
                 loaded += len(bucket)
         finalize_layerwise_reload(model, self.model_runner.model_config)
         # Layer-wise reload restores a layer that received nothing (the tied LM head)
-        # from its old tensors, which unties it; point it at the fresh shared weight again.
+        # from its old tensors, which unties it; point it at the fresh shared weight
+        # again and redo its post-load processing (on CPU that repacks the GEMM weight
+        # the logits are computed with; elsewhere it is a no-op for plain weights).
         for alias, source in self._rayrl_aliases:
-            module, _, attr = alias.rpartition(".")
-            setattr(model.get_submodule(module), attr, model.get_parameter(source))
+            module_name, _, attr = alias.rpartition(".")
+            module = model.get_submodule(module_name)
+            setattr(module, attr, model.get_parameter(source))
+            method = getattr(module, "quant_method", None)
+            if method is not None:
+                method.process_weights_after_loading(module)
         return loaded
+
+
+class _ExpectedReloadWarnings(logging.Filter):
+    """Drop the per-sync "Failed to load weights" warnings that are expected: rotary
+    embeddings hold only derived buffers, and a tied LM head is re-tied right after."""
+
+    EXPECTED = {"RotaryEmbedding", "ParallelLMHead"}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            "Failed to load weights" in str(record.msg) and record.args and record.args[0] in self.EXPECTED
+        )
 
 
 def _shared_parameters(model: torch.nn.Module) -> list[tuple[str, str]]:

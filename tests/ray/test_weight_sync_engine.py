@@ -46,7 +46,7 @@ def pair(ray_local, tiny_model):
 def sync(ray, engine, learner, version):
     spec = ray.get(learner.weight_spec.remote())
     recv = engine.receive_weights.remote(spec, 1 << 20, version)
-    sent = ray.get(learner.broadcast_weights.remote())
+    sent = ray.get(learner.broadcast_weights.remote(1 << 20))
     assert ray.get(recv) == len(spec)
     return sent
 

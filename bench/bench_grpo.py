@@ -30,7 +30,7 @@ def raw_vllm(args) -> dict:
 
     path = resolve_model("SmolLM2-135M-Instruct")
     llm = LLM(model=path, dtype="bfloat16", max_model_len=1024, enforce_eager=True, seed=0)
-    prompts = _prompts(path, args.prompts * args.samples)
+    prompts = [_prompt_ids(path, t) for t in _tasks(args.prompts * args.samples)]
     params = SamplingParams(max_tokens=args.max_tokens, temperature=1.0, logprobs=0)
     llm.generate([{"prompt_token_ids": p} for p in prompts[:8]], params)  # warm-up
     rates = []
@@ -42,24 +42,31 @@ def raw_vllm(args) -> dict:
     return {"raw_vllm_tokens_per_s": statistics.median(rates)}
 
 
-def _prompts(path: str, n: int) -> list[list[int]]:
+def _tasks(n: int) -> list[dict]:
+    return [{"a": (i * 7) % 10, "b": (i * 3) % 10} for i in range(n)]
+
+
+def _prompt_ids(path: str, task: dict) -> list[int]:
+    """The prompt rayrl's math environment renders for `task` (same chat template)."""
     from transformers import AutoTokenizer
 
+    from rayrl.config import EnvironmentConfig
+    from rayrl.envs.math_feedback import MathFeedbackEnvironment
+
     tok = AutoTokenizer.from_pretrained(path)
-    out = []
-    for i in range(n):
-        a, b = (i * 7) % 10, (i * 3) % 10
-        messages = [
-            {"role": "system", "content": "Solve the arithmetic problem."},
-            {"role": "user", "content": f"What is {a} + {b}?"},
-        ]
-        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        out.append(tok.encode(text, add_special_tokens=False))
-    return out
+    env = MathFeedbackEnvironment(EnvironmentConfig())
+    messages = [
+        {"role": "system", "content": env.get_prompt_prefix()},
+        {"role": "user", "content": env.reset(task)},
+    ]
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tok.encode(text, add_special_tokens=False)
 
 
 def rayrl_steps(args) -> dict:
     """GRPO steps through rayrl's real actors, then repeated weight syncs."""
+    import ray
+
     from rayrl.config import ConfigStore
     from rayrl.trainer import RayPPOTrainer
 
@@ -84,6 +91,14 @@ def rayrl_steps(args) -> dict:
         setup_s = time.perf_counter() - t0
         history = trainer.fit()
         syncs = [trainer.sync_weights() for _ in range(5)]
+        # Rollout throughput on exactly the prompts raw vLLM gets, one episode each.
+        rates = []
+        for _ in range(3):
+            _, stats_ref = trainer.runner.collect.options(num_returns=2).remote(
+                _tasks(args.prompts * args.samples), 1
+            )
+            stats = ray.get(stats_ref)
+            rates.append(stats["response_tokens"] / stats["seconds"])
     finally:
         trainer.cleanup()
     steady = history[1:] or history  # the first step includes engine warm-up
@@ -94,6 +109,7 @@ def rayrl_steps(args) -> dict:
     return {
         "setup_s": setup_s,
         **med,
+        "same_prompts_tokens_per_s": statistics.median(rates),
         "sync_gb_per_s": statistics.median(s["bytes"] / s["seconds"] / 1e9 for s in syncs),
         "sync_seconds": statistics.median(s["seconds"] for s in syncs),
         "sync_bytes": syncs[0]["bytes"],
@@ -144,9 +160,10 @@ def main() -> None:
         ("  update (s)", f"{r['time_update']:.1f}"),
         ("  weight sync (s)", f"{r['time_sync']:.2f}"),
         ("vs TRL GRPOTrainer 47 s/step", f"{47.0 / r['time_step']:.1f}x faster"),
-        ("rollout tokens/s, rayrl", f"{r['tokens_per_s']:.0f}"),
+        ("rollout tokens/s, rayrl (same prompts)", f"{r['same_prompts_tokens_per_s']:.0f}"),
         ("rollout tokens/s, raw vLLM", f"{r['raw_vllm_tokens_per_s']:.0f}"),
-        ("rayrl / raw vLLM", f"{r['tokens_per_s'] / r['raw_vllm_tokens_per_s']:.2f}"),
+        ("rayrl / raw vLLM", f"{r['same_prompts_tokens_per_s'] / r['raw_vllm_tokens_per_s']:.2f}"),
+        ("rollout tokens/s in GRPO steps (median)", f"{r['tokens_per_s']:.0f}"),
         (
             "weight sync (GB/s, median of 5)",
             f"{r['sync_gb_per_s']:.2f} ({r['sync_bytes'] / 1e6:.0f} MB in {r['sync_seconds']:.2f} s)",

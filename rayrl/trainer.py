@@ -143,72 +143,88 @@ class RayPPOTrainer:
 
     # ---- the loop --------------------------------------------------------------
     def fit(self, num_epochs: int | None = None) -> list[dict[str, Any]]:
-        """Run `num_epochs` iterations (default `training.num_epochs`); returns metrics_history."""
+        """Run `num_epochs` iterations (default `training.num_epochs`); returns metrics_history.
+
+        If an iteration fails (a dead engine, an interrupt), the policy as last updated
+        is saved to `<run>/interrupted` before the error propagates.
+        """
         if self.learner is None:
             self.setup()
-        cfg = self.config
-        t_cfg = cfg.training
-        total = num_epochs or t_cfg.num_epochs
-        n_groups = t_cfg.batch_size // t_cfg.group_size
+        total = num_epochs or self.config.training.num_epochs
         bar = tqdm(range(total), desc="rayrl", unit="step", dynamic_ncols=True)
-        for step in bar:
-            times: dict[str, float] = {}
-            t_step = time.perf_counter()
-
-            # 1. rollout: episodes run in the agent-loop actor; the batch stays in the object store
-            t = time.perf_counter()
-            tasks = sample_tasks(cfg.environment, n_groups, self.rng)
-            batch_ref, stats_ref = self.runner.collect.options(num_returns=2).remote(tasks, t_cfg.group_size)
-            stats = ray.get(stats_ref)
-            times["rollout"] = time.perf_counter() - t
-
-            # 2. score: rewards come from the environments; GRPO advantages per group
-            rewards = np.asarray(stats["rewards"], dtype=np.float64)
-            advantages = (
-                ADVANTAGE_ESTIMATORS[t_cfg.adv_estimator](
-                    torch.from_numpy(rewards), torch.tensor(stats["groups"])
+        try:
+            for step in bar:
+                row = self.train_step(step)
+                bar.set_postfix(
+                    reward=f"{row['reward_mean']:.3f}",
+                    loss=f"{row['loss']:.4f}",
+                    kl=f"{row['kl']:.4f}",
+                    tok_s=f"{row['tokens_per_s']:.0f}",
                 )
-                .float()
-                .numpy()
-            )
-
-            # 3. reference log-probs for the KL term (object ref, handed to the learner)
-            t = time.perf_counter()
-            ref_ref = None
-            if self.reference is not None:
-                ref_ref = self.reference.compute_logprobs.remote(batch_ref)
-                ray.wait([ref_ref], fetch_local=False)
-            times["reference"] = time.perf_counter() - t
-
-            # 4. update the policy
-            t = time.perf_counter()
-            update = ray.get(self.learner.update.remote(batch_ref, advantages, ref_ref))
-            times["update"] = time.perf_counter() - t
-
-            # 5. sync weights into every engine
-            t = time.perf_counter()
-            sync = self.sync_weights()
-            times["sync"] = time.perf_counter() - t
-
-            # 6. checkpoint
-            if cfg.checkpoint.save_interval and (step + 1) % cfg.checkpoint.save_interval == 0:
-                ray.get(self.learner.save.remote(self.run.checkpoint_path(f"step_{step + 1:06d}")))
-
-            # 7. log
-            times["step"] = time.perf_counter() - t_step
-            row = self._metrics(step, stats, update, sync, times)
-            self.metrics_history.append(row)
-            self.run.log(row)
-            bar.set_postfix(
-                reward=f"{row['reward_mean']:.3f}",
-                loss=f"{row['loss']:.4f}",
-                kl=f"{row['kl']:.4f}",
-                tok_s=f"{row['tokens_per_s']:.0f}",
-            )
-        bar.close()
-        if cfg.checkpoint.save_final:
+        except BaseException:
+            self._save_after_failure()
+            raise
+        finally:
+            bar.close()
+        if self.config.checkpoint.save_final:
             ray.get(self.learner.save.remote(self.run.checkpoint_path("final")))
         return self.metrics_history
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        """One iteration: rollout, score, reference, advantages, update, sync, checkpoint, log."""
+        cfg, t_cfg = self.config, self.config.training
+        times: dict[str, float] = {}
+        t_step = time.perf_counter()
+
+        # 1. rollout: episodes run in the agent-loop actor; the batch stays in the object store
+        t = time.perf_counter()
+        tasks = sample_tasks(cfg.environment, t_cfg.batch_size // t_cfg.group_size, self.rng)
+        batch_ref, stats_ref = self.runner.collect.options(num_returns=2).remote(tasks, t_cfg.group_size)
+        stats = ray.get(stats_ref)
+        times["rollout"] = time.perf_counter() - t
+
+        # 2. score: rewards come from the environments; advantages per group
+        rewards = torch.tensor(stats["rewards"], dtype=torch.float64)
+        estimator = ADVANTAGE_ESTIMATORS[t_cfg.adv_estimator]
+        advantages = estimator(rewards, torch.tensor(stats["groups"])).float().numpy()
+
+        # 3. reference log-probs for the KL term (an object ref, handed to the learner)
+        t = time.perf_counter()
+        ref_ref = None
+        if self.reference is not None:
+            ref_ref = self.reference.compute_logprobs.remote(batch_ref)
+            ray.wait([ref_ref], fetch_local=False)
+        times["reference"] = time.perf_counter() - t
+
+        # 4. update the policy
+        t = time.perf_counter()
+        update = ray.get(self.learner.update.remote(batch_ref, advantages, ref_ref))
+        times["update"] = time.perf_counter() - t
+
+        # 5. sync weights into every engine
+        t = time.perf_counter()
+        sync = self.sync_weights()
+        times["sync"] = time.perf_counter() - t
+
+        # 6. checkpoint
+        if cfg.checkpoint.save_interval and (step + 1) % cfg.checkpoint.save_interval == 0:
+            ray.get(self.learner.save.remote(self.run.checkpoint_path(f"step_{step + 1:06d}")))
+
+        # 7. log
+        times["step"] = time.perf_counter() - t_step
+        row = self._metrics(step, stats, update, sync, times)
+        self.metrics_history.append(row)
+        self.run.log(row)
+        return row
+
+    def _save_after_failure(self) -> None:
+        if self.learner is None or self.run is None:
+            return
+        try:
+            path = ray.get(self.learner.save.remote(self.run.checkpoint_path("interrupted")), timeout=300)
+            logger.warning("training stopped early; policy saved to %s", path)
+        except Exception:  # noqa: BLE001 - the learner itself may be what failed
+            logger.warning("training stopped early and the policy could not be saved", exc_info=True)
 
     def sync_weights(self) -> dict[str, Any]:
         """Broadcast the learner's weights into every engine (weight version + 1)."""

@@ -80,3 +80,24 @@ def test_cleanup_left_ray_running_for_the_caller(finished_run, ray_local):
     trainer, _, _ = finished_run
     assert ray_local.is_initialized()
     assert trainer.engines == [] and trainer.learner is None
+
+
+def test_dead_engine_stops_training_but_keeps_the_policy(ray_local, tiny_model, tmp_path):
+    config = make_config(
+        model={"model_name": tiny_model},
+        inference={"max_tokens": 8, "max_model_len": 256, "kv_cache_gb": 1},
+        training={"num_epochs": 3, "batch_size": 4, "group_size": 2, "kl_coef": 0.0},
+        checkpoint={"run_dir": str(tmp_path), "run_name": "killed"},
+        ray={"include_dashboard": False},
+    )
+    trainer = RayPPOTrainer(config)
+    try:
+        trainer.setup()
+        ray_local.kill(trainer.engines[0])
+        with pytest.raises(ray_local.exceptions.RayError):
+            trainer.fit()
+        assert (tmp_path / "killed" / "interrupted" / "model.safetensors").is_file()
+        assert trainer.metrics_history == []
+    finally:
+        trainer.engines = []  # already dead
+        trainer.cleanup()

@@ -111,6 +111,8 @@ def rayrl_steps(args) -> dict:
         **med,
         "same_prompts_tokens_per_s": statistics.median(rates),
         "sync_gb_per_s": statistics.median(s["bytes"] / s["seconds"] / 1e9 for s in syncs),
+        "wire_gb_per_s": statistics.median(s["bytes"] / s["engine_receive_s"] / 1e9 for s in syncs),
+        "engine_load_s": statistics.median(s["engine_load_s"] + s["engine_finalize_s"] for s in syncs),
         "sync_seconds": statistics.median(s["seconds"] for s in syncs),
         "sync_bytes": syncs[0]["bytes"],
     }
@@ -168,6 +170,8 @@ def main() -> None:
             "weight sync (GB/s, median of 5)",
             f"{r['sync_gb_per_s']:.2f} ({r['sync_bytes'] / 1e6:.0f} MB in {r['sync_seconds']:.2f} s)",
         ),
+        ("  of which on the wire (GB/s)", f"{r['wire_gb_per_s']:.2f}"),
+        ("  of which vLLM load + repack (s)", f"{r['engine_load_s']:.2f}"),
         ("setup: engines + models (s)", f"{r['setup_s']:.0f}"),
     ]
     width = max(len(k) for k, _ in rows)

@@ -239,7 +239,8 @@ class RayPPOTrainer:
             ray.get(done)
         sent = ray.get(send)
         self.version = sent["version"]
-        return sent
+        first = ray.get(receives[0])
+        return {**sent, **{f"engine_{k}": v for k, v in first.items() if k.endswith("_s")}}
 
     def evaluate(self, num_tasks: int, held_out: bool = True, seed: int = 1234) -> dict[str, float]:
         """Mean reward and success of one sampled episode per task (held-out tasks by default)."""

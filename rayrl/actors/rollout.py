@@ -118,14 +118,20 @@ class RolloutWorker:
             "rayrl_init_weight_sync", args=(host, port, rank_offset, world_size, backend)
         )
 
-    async def receive_weights(self, spec, bucket_bytes: int, version: int) -> int:
-        """Load the learner's next broadcast; cached prefixes of old weights are dropped."""
+    async def receive_weights(self, spec, bucket_bytes: int, version: int) -> dict:
+        """Load the learner's next broadcast; cached prefixes of old weights are dropped.
+
+        Returns the first worker's figures: tensors loaded, seconds receiving,
+        loading and finalizing.
+        """
         from rayrl.weight_sync import to_wire
 
-        loaded = await self.engine.collective_rpc("rayrl_receive_weights", args=(to_wire(spec), bucket_bytes))
+        per_worker = await self.engine.collective_rpc(
+            "rayrl_receive_weights", args=(to_wire(spec), bucket_bytes)
+        )
         await self.engine.reset_prefix_cache()
         self.weight_version = version
-        return loaded[0]
+        return per_worker[0]
 
     async def tokens_generated(self) -> int:
         """Total tokens this engine generated (for throughput figures)."""

@@ -9,6 +9,7 @@ per-layer weight processing that a plain `load_weights` would skip.
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
@@ -30,12 +31,15 @@ class WeightSyncExtension:
         )
         return rank
 
-    def rayrl_receive_weights(self, wire_spec: list, bucket_bytes: int) -> int:
+    def rayrl_receive_weights(self, wire_spec: list, bucket_bytes: int) -> dict:
         """Receive one broadcast of every weight and load it into the running model.
 
         Args:
             wire_spec: `weight_sync.to_wire(spec)` of the learner's weights.
             bucket_bytes: bucket size the learner sends with.
+
+        Returns:
+            tensors loaded, and seconds spent receiving, loading and finalizing.
         """
         from vllm.model_executor.model_loader.reload import (
             finalize_layerwise_reload,
@@ -44,14 +48,24 @@ class WeightSyncExtension:
 
         model = self.model_runner.model
         device = next(model.parameters()).device
-        loaded = 0
+        stats = {"tensors": 0, "receive_s": 0.0, "load_s": 0.0}
+        t0 = time.perf_counter()
         initialize_layerwise_reload(model)
         with torch.no_grad():
-            for bucket in weight_sync.receive_buckets(
+            buckets = weight_sync.receive_buckets(
                 self._rayrl_group, weight_sync.from_wire(wire_spec), bucket_bytes, device
-            ):
+            )
+            while True:
+                t = time.perf_counter()
+                bucket = next(buckets, None)
+                stats["receive_s"] += time.perf_counter() - t
+                if bucket is None:
+                    break
+                t = time.perf_counter()
                 model.load_weights(weights=bucket)
-                loaded += len(bucket)
+                stats["load_s"] += time.perf_counter() - t
+                stats["tensors"] += len(bucket)
+        t = time.perf_counter()
         finalize_layerwise_reload(model, self.model_runner.model_config)
         # Layer-wise reload restores a layer that received nothing (the tied LM head)
         # from its old tensors, which unties it; point it at the fresh shared weight
@@ -64,7 +78,9 @@ class WeightSyncExtension:
             method = getattr(module, "quant_method", None)
             if method is not None:
                 method.process_weights_after_loading(module)
-        return loaded
+        stats["finalize_s"] = time.perf_counter() - t
+        stats["total_s"] = time.perf_counter() - t0
+        return stats
 
 
 class _ExpectedReloadWarnings(logging.Filter):

@@ -47,7 +47,9 @@ def sync(ray, engine, learner, version):
     spec = ray.get(learner.weight_spec.remote())
     recv = engine.receive_weights.remote(spec, 1 << 20, version)
     sent = ray.get(learner.broadcast_weights.remote(1 << 20))
-    assert ray.get(recv) == len(spec)
+    received = ray.get(recv)
+    assert received["tensors"] == len(spec)
+    assert received["total_s"] >= received["receive_s"]
     return sent
 
 

@@ -28,6 +28,39 @@ _LAZY = {
     "compute_grpo_advantage": "rayrl.algorithms.advantages",
     "compute_policy_loss": "rayrl.algorithms.losses",
     "resolve_model": "rayrl.model_store",
+    **dict.fromkeys(
+        ["Tool", "ToolDefinition", "ToolParameter", "ToolRegistry", "ToolArgumentError", "CalculatorTool"],
+        "rayrl.agent.tools",
+    ),
+    **dict.fromkeys(
+        [
+            "ActionParser",
+            "JSONActionParser",
+            "ReActActionParser",
+            "FunctionCallingParser",
+            "ToolCall",
+            "ParseResult",
+        ],
+        "rayrl.agent.parsers",
+    ),
+    **dict.fromkeys(
+        [
+            "RewardType",
+            "RewardResult",
+            "RewardFunction",
+            "CompositeReward",
+            "reward_function",
+            "load_reward",
+            "EpisodeTranscript",
+            "CorrectnessReward",
+            "ConcisenessReward",
+            "FormatReward",
+            "HelpfulnessReward",
+            "SafetyReward",
+            "EngagementReward",
+        ],
+        "rayrl.rewards",
+    ),
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,20 +79,16 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'rayrl' has no attribute {name!r}")
 
 
-__all__ = [
-    "BaseEnvironment",
-    "CheckpointConfig",
-    "ConfigError",
-    "ConfigStore",
-    "EnvironmentConfig",
-    "InferenceConfig",
-    "KLController",
-    "MathFeedbackEnvironment",
-    "ModelConfig",
-    "RayConfig",
-    "RayPPOTrainer",
-    "TrainingConfig",
-    "compute_grpo_advantage",
-    "compute_policy_loss",
-    "resolve_model",
-]
+__all__ = sorted(
+    [
+        "CheckpointConfig",
+        "ConfigError",
+        "ConfigStore",
+        "EnvironmentConfig",
+        "InferenceConfig",
+        "ModelConfig",
+        "RayConfig",
+        "TrainingConfig",
+        *_LAZY,
+    ]
+)

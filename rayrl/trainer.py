@@ -97,9 +97,8 @@ class RayPPOTrainer:
         cfg = self.config
         model_path = resolve_model(cfg.model.model_name, cfg.model.cache_dir)
         self.model_path = model_path
-        use_gpu_hint = cfg.ray.use_gpu == "yes"
-        roles = placement.plan_roles(cfg, use_gpu_hint)
-        self._started_ray = init_ray(cfg, sum(r.count for r in roles))
+        # Bundle count is the same with or without GPUs; a local Ray needs that many CPUs.
+        self._started_ray = init_ray(cfg, sum(r.count for r in placement.plan_roles(cfg, use_gpu=False)))
         use_gpu = placement.decide_gpu(cfg)
         roles = placement.plan_roles(cfg, use_gpu)
         self._placement = placement.RolePlacement(roles, cfg.ray.placement_timeout_s)

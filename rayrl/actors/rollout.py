@@ -41,7 +41,6 @@ class RolloutWorker:
         self.engine_index = engine_index
         self.engine = None
         self.weight_version = 0
-        self._tokens_generated = 0
 
     async def start(self) -> dict:
         """Build the engine inside the actor's event loop; returns engine facts."""
@@ -92,7 +91,6 @@ class RolloutWorker:
         completion = final.outputs[0]
         ids = list(completion.token_ids)
         logprobs = [entry[tok].logprob for tok, entry in zip(ids, completion.logprobs, strict=True)]
-        self._tokens_generated += len(ids)
         return Generation(ids, logprobs, completion.finish_reason, self.weight_version)
 
     async def prompt_logprobs(self, token_ids: list[int]) -> list[float]:
@@ -132,10 +130,6 @@ class RolloutWorker:
         await self.engine.reset_prefix_cache()
         self.weight_version = version
         return per_worker[0]
-
-    async def tokens_generated(self) -> int:
-        """Total tokens this engine generated (for throughput figures)."""
-        return self._tokens_generated
 
     async def shutdown(self) -> None:
         """Stop the engine and its worker process."""

@@ -43,6 +43,17 @@ _LAZY = {
         ],
         "rayrl.agent.parsers",
     ),
+    **dict.fromkeys(["MultiTurnManager", "Turn", "ExecutedToolCall"], "rayrl.agent.multi_turn"),
+    **dict.fromkeys(
+        [
+            "create_inference_engine",
+            "VLLMInferenceEngine",
+            "BatchInferenceManager",
+            "MultiTurnInferenceEngine",
+            "InferenceBackendError",
+        ],
+        "rayrl.agent.inference",
+    ),
     **dict.fromkeys(
         [
             "RewardType",

@@ -1,0 +1,182 @@
+"""Multi-turn tool use: parse a reply, run the tool, feed the result back, keep score.
+
+`MultiTurnManager` is the bookkeeping of one episode: every model reply goes
+through the action parser; a valid call runs through the tool registry (which
+never raises); the tool's output, or the parse / tool error, becomes the next
+observation the model sees. Rewards come from the environment the tools act on:
+a turn's reward is how much the environment's `episode_reward` moved during it.
+The summary has the keys the seeds read (`num_turns`, `total_reward`,
+`tools.successful_tool_calls`, `tools.failed_tool_calls`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from rayrl.agent.parsers import ActionParser
+from rayrl.agent.tools import ToolRegistry
+from rayrl.envs.base import BaseEnvironment
+
+
+@dataclass
+class ExecutedToolCall:
+    """A parsed call after it ran.
+
+    Args:
+        name: tool name.
+        arguments: validated arguments it ran with.
+        success: whether the tool returned normally.
+        result: its output, or the error message the model sees.
+        raw: the part of the reply the call was read from.
+    """
+
+    name: str
+    arguments: dict[str, Any]
+    success: bool
+    result: str
+    raw: str
+
+
+@dataclass
+class Turn:
+    """One model reply and what came of it.
+
+    Args:
+        index: 0-based turn number.
+        observation: what the model saw before replying.
+        model_output: the reply.
+        tool_call: the executed call, or None when the reply held no valid call.
+        parse_error: why no call was found (None when one was).
+        feedback: what the model sees next (tool output or error).
+        reward: change of the environment's episode reward during this turn.
+        done: whether the episode ended with this turn.
+    """
+
+    index: int
+    observation: str | None
+    model_output: str
+    tool_call: ExecutedToolCall | None
+    parse_error: str | None
+    feedback: str
+    reward: float
+    done: bool
+
+
+class MultiTurnManager:
+    """Runs the tool side of a multi-turn episode.
+
+    Args:
+        tool_registry: the tools the model may call.
+        action_parser: turns replies into tool calls (JSON, ReAct, function calling).
+        environment: what the tools act on; its `episode_reward` and `done` drive
+            rewards and termination (None: tools only, reward 0).
+        max_turns: the episode ends after this many replies.
+    """
+
+    def __init__(
+        self,
+        tool_registry: ToolRegistry,
+        action_parser: ActionParser,
+        environment: BaseEnvironment | None = None,
+        max_turns: int = 10,
+    ):
+        if max_turns < 1:
+            raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+        self.tool_registry = tool_registry
+        self.action_parser = action_parser
+        self.environment = environment
+        self.max_turns = max_turns
+        self.turns: list[Turn] = []
+
+    def reset(self, task: Any = None) -> str:
+        """Start a new episode; returns the environment's first observation ("" without one)."""
+        self.turns = []
+        return self.environment.reset(task) if self.environment is not None else ""
+
+    def instructions(self) -> str:
+        """Text for the system prompt: the tools and the reply format the parser reads."""
+        return self.action_parser.format_instructions()
+
+    @property
+    def done(self) -> bool:
+        """Whether the episode is over (environment done, or turn limit reached)."""
+        if self.turns and self.turns[-1].done:
+            return True
+        return self.environment is not None and self.environment.done
+
+    def step(self, model_output: str, observation: str | None = None) -> Turn:
+        """Handle one reply: parse, execute, and record the turn.
+
+        Args:
+            model_output: the model's reply.
+            observation: what the model saw before it (kept in the record).
+        """
+        if self.done:
+            raise RuntimeError("the episode is over; call reset() first")
+        before = self._episode_reward()
+        parsed = self.action_parser.parse(model_output)
+        call = None
+        if parsed.ok:
+            tc = parsed.tool_call
+            success, result = self.tool_registry.execute_tool(tc.name, **tc.arguments)
+            call = ExecutedToolCall(tc.name, tc.arguments, success, result, tc.raw)
+            feedback = result
+        else:
+            feedback = parsed.error or "No tool call found."
+        return self._record(observation, model_output, call, parsed.error, feedback, before)
+
+    async def astep(self, model_output: str, observation: str | None = None) -> Turn:
+        """`step` for async callers: the tool runs without blocking the event loop."""
+        if self.done:
+            raise RuntimeError("the episode is over; call reset() first")
+        before = self._episode_reward()
+        parsed = self.action_parser.parse(model_output)
+        call = None
+        if parsed.ok:
+            tc = parsed.tool_call
+            success, result = await self.tool_registry.aexecute_tool(tc.name, tc.arguments)
+            call = ExecutedToolCall(tc.name, tc.arguments, success, result, tc.raw)
+            feedback = result
+        else:
+            feedback = parsed.error or "No tool call found."
+        return self._record(observation, model_output, call, parsed.error, feedback, before)
+
+    def _episode_reward(self) -> float:
+        return float(self.environment.episode_reward) if self.environment is not None else 0.0
+
+    def _record(self, observation, model_output, call, parse_error, feedback, before) -> Turn:
+        reward = self._episode_reward() - before
+        index = len(self.turns)
+        env_done = self.environment is not None and self.environment.done
+        turn = Turn(
+            index=index,
+            observation=observation,
+            model_output=model_output,
+            tool_call=call,
+            parse_error=None if call is not None else parse_error,
+            feedback=feedback,
+            reward=reward,
+            done=env_done or index + 1 >= self.max_turns,
+        )
+        self.turns.append(turn)
+        return turn
+
+    def episode_summary(self) -> dict[str, Any]:
+        """Turns, reward and tool statistics of the episode so far."""
+        calls = [t.tool_call for t in self.turns if t.tool_call is not None]
+        successful = sum(c.success for c in calls)
+        return {
+            "num_turns": len(self.turns),
+            "total_reward": sum(t.reward for t in self.turns),
+            "done": self.done,
+            "tools": {
+                "successful_tool_calls": successful,
+                "failed_tool_calls": len(calls) - successful,
+                "parse_errors": sum(t.tool_call is None for t in self.turns),
+                "calls_by_tool": dict(Counter(c.name for c in calls)),
+                "valid_call_rate": successful / len(self.turns) if self.turns else 0.0,
+            },
+            "turns": [asdict(t) for t in self.turns],
+        }

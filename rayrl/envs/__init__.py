@@ -5,11 +5,20 @@ from __future__ import annotations
 import importlib
 
 from rayrl.config import ConfigError, EnvironmentConfig
+from rayrl.envs.action_math import ActionMathEnvironment
 from rayrl.envs.base import BaseEnvironment
+from rayrl.envs.conversation import ConversationEnvironment, TaskEnvironment
+from rayrl.envs.gym_adapter import GymTextEnvironment
 from rayrl.envs.math_feedback import MathFeedbackEnvironment
+from rayrl.envs.text_adventure import TextAdventureEnvironment
 
 BUILTIN_ENVIRONMENTS: dict[str, type[BaseEnvironment]] = {
     "math_feedback": MathFeedbackEnvironment,
+    "text_adventure": TextAdventureEnvironment,
+    "conversation": ConversationEnvironment,
+    "task": TaskEnvironment,
+    "action_math": ActionMathEnvironment,
+    "gym": GymTextEnvironment,
 }
 
 
@@ -39,8 +48,13 @@ def make_environment(config: EnvironmentConfig) -> BaseEnvironment:
 
 __all__ = [
     "BUILTIN_ENVIRONMENTS",
+    "ActionMathEnvironment",
     "BaseEnvironment",
+    "ConversationEnvironment",
+    "GymTextEnvironment",
     "MathFeedbackEnvironment",
+    "TaskEnvironment",
+    "TextAdventureEnvironment",
     "environment_class",
     "make_environment",
 ]

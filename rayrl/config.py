@@ -14,6 +14,7 @@ or build one in code and assign attributes (assignments are validated too).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 class ConfigError(ValueError):
@@ -145,6 +147,10 @@ class TrainingConfig(_Section):
 
     num_threads: int | None = Field(None, ge=1)
     """torch threads per CPU actor; default: every core of the node."""
+
+    reward_fn: str | None = None
+    """Optional "module:function" scoring each episode from its summary dict (seed 000's
+    `reward_fn`), replacing the environment's reward."""
 
     eval_tasks: int = Field(64, ge=0)
     """Held-out tasks scored before and after training by `rayrl train` (0: skip)."""
@@ -277,6 +283,10 @@ class ConfigStore(_Section):
             )
         if t.adv_estimator == "grpo" and t.group_size < 2:
             raise ConfigError("training.group_size must be >= 2 for adv_estimator=grpo")
+        if t.reward_fn is not None and not _IMPORT_PATH.match(t.reward_fn):
+            raise ConfigError(
+                f"training.reward_fn={t.reward_fn!r} must look like 'package.module:function'"
+            )
         if inf.backend != "vllm":
             raise ConfigError(
                 f"inference.backend={inf.backend!r} is not available: rayrl ships the vLLM "

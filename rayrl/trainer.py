@@ -120,6 +120,7 @@ class RayPPOTrainer:
             cfg.environment,
             cfg.inference,
             self.engines,
+            cfg.training.reward_fn,
             actor_options={"max_concurrency": 10_000},
         )
         ray.get(engine_starts)
@@ -272,6 +273,7 @@ class RayPPOTrainer:
                 k: update[k]
                 for k in ("loss", "pg_loss", "kl", "clip_frac", "entropy", "grad_norm", "logprob_gap")
             },
+            **{f"env_{k}": float(np.mean(v)) for k, v in stats.get("info", {}).items() if v},
             "weight_version": sync["version"],
             "sync_gb_per_s": sync["bytes"] / max(sync["seconds"], 1e-9) / 1e9,
             **{f"time_{k}": v for k, v in times.items()},

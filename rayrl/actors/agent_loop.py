@@ -16,14 +16,16 @@ pyarrow table in the object store; the driver only sees small per-episode stats.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
-from rayrl.config import EnvironmentConfig, InferenceConfig
+from rayrl.config import ConfigError, EnvironmentConfig, InferenceConfig
 from rayrl.envs import make_environment
 
 _PLACEHOLDER = "\x00RAYRL_ASSISTANT\x00"
@@ -51,10 +53,18 @@ class EpisodeRunner:
         env_config: the `environment` section (a fresh environment per episode).
         inference_config: the `inference` section (turn length, context length).
         engines: handles of the rollout actors; episodes are spread over them.
+        reward_fn: optional "module:function" scoring each finished episode from its
+            summary (total_reward, num_turns, tools, messages, final_response, task),
+            replacing the environment's reward.
     """
 
     def __init__(
-        self, model_path: str, env_config: EnvironmentConfig, inference_config: InferenceConfig, engines: list
+        self,
+        model_path: str,
+        env_config: EnvironmentConfig,
+        inference_config: InferenceConfig,
+        engines: list,
+        reward_fn: str | None = None,
     ):
         from transformers import AutoTokenizer
 
@@ -65,6 +75,7 @@ class EpisodeRunner:
         probe = make_environment(env_config)
         self.system_prompt = probe.get_prompt_prefix()
         self._eos_text = self.tokenizer.eos_token or ""
+        self.reward_fn = load_episode_reward(reward_fn) if reward_fn else None
 
     # ---- chat rendering ----------------------------------------------------
     def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
@@ -118,6 +129,8 @@ class EpisodeRunner:
             mask += [1] * len(gen.token_ids)
             logprobs += gen.logprobs
             text = self.tokenizer.decode(gen.token_ids, skip_special_tokens=True)
+            history = messages
+            messages = messages + [{"role": "assistant", "content": text}]
             try:
                 observation, step_reward, done, info = await asyncio.wait_for(env.astep(text), timeout)
             except Exception as err:  # noqa: BLE001
@@ -126,14 +139,34 @@ class EpisodeRunner:
             reward += float(step_reward)
             if done:
                 break
-            messages = messages + [{"role": "assistant", "content": text}]
-            ended = gen.finish_reason == "stop"
-            feedback = self.user_turn_ids(messages[:-1], observation, ended)
+            feedback = self.user_turn_ids(history, observation, gen.finish_reason == "stop")
             messages.append({"role": "user", "content": observation})
             ids += feedback
             mask += [0] * len(feedback)
             logprobs += [0.0] * len(feedback)
+        if self.reward_fn is not None:
+            reward, error = self._rescore(task, messages, reward, turns, info, error)
         return Episode(ids, mask, logprobs, reward, group, turns, dict(info), error)
+
+    def _rescore(self, task, messages, env_reward, turns, info, error) -> tuple[float, str | None]:
+        """Apply the configured reward function to the episode summary (seed 000's shape)."""
+        summary = {
+            "total_reward": env_reward,
+            "num_turns": turns,
+            "tools": {
+                k: info.get(k, 0) for k in ("successful_tool_calls", "failed_tool_calls", "parse_errors")
+            },
+            "messages": messages,
+            "final_response": next(
+                (m["content"] for m in reversed(messages) if m["role"] == "assistant"), ""
+            ),
+            "task": task,
+            "info": info,
+        }
+        try:
+            return float(self.reward_fn(summary)), error
+        except Exception as err:  # noqa: BLE001 - a reward bug scores 0 for this episode only
+            return 0.0, f"reward_fn failed: {type(err).__name__}: {err}"
 
     async def collect(
         self, tasks: list[Any], group_size: int, temperature: float | None = None
@@ -171,11 +204,41 @@ class EpisodeRunner:
             "success": [bool(e.info.get("correct", e.info.get("success", e.reward > 0))) for e in kept],
             "response_tokens": int(sum(sum(e.loss_mask) for e in kept)),
             "total_tokens": int(sum(len(e.input_ids) for e in kept)),
+            "info": _numeric_info(kept),
             "errors": [e.error for e in episodes if e.error],
             "dropped": len(episodes) - len(kept),
             "seconds": seconds,
         }
         return table, stats
+
+
+def _numeric_info(episodes: list[Episode]) -> dict[str, list[float]]:
+    """Fields of the last step info that are numbers (or flags) in every episode, for per-step means."""
+    keys = set.intersection(*(set(e.info) for e in episodes)) if episodes else set()
+    numeric = [k for k in sorted(keys) if all(isinstance(e.info[k], int | float) for e in episodes)]
+    return {k: [float(e.info[k]) for e in episodes] for k in numeric}
+
+
+def load_episode_reward(spec: str) -> Callable[[dict], float]:
+    """A callable scoring an episode summary dict, from "module:function" (or a RewardFunction class)."""
+    from rayrl.rewards import RewardFunction, load_reward
+
+    obj = _import(spec)
+    if isinstance(obj, RewardFunction) or (isinstance(obj, type) and issubclass(obj, RewardFunction)):
+        return load_reward(spec)  # RewardFunction.__call__ takes a summary dict
+    if not callable(obj):
+        raise ConfigError(f"reward function {spec!r} is not callable")
+    return obj
+
+
+def _import(spec: str) -> Any:
+    module, _, attr = spec.partition(":")
+    if not module or not attr:
+        raise ConfigError(f"reward function {spec!r} must look like 'package.module:function'")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"reward function {spec!r} cannot be imported: {err}") from None
 
 
 def sample_tasks(

@@ -103,6 +103,6 @@ class MathFeedbackEnvironment(BaseEnvironment):
         self.step_count += 1
         self.episode_reward += reward
         self._done = correct or self.step_count >= self.config.max_turns
-        info = {"correct": correct, "first_try": correct and self.step_count == 1, "answer": given}
+        info = {"correct": correct, "first_try": correct and self.step_count == 1, "answer_text": str(given)}
         obs = self.params.correct_feedback if correct else self.params.wrong_feedback
         return obs, reward, self._done, info

@@ -101,3 +101,30 @@ def test_dead_engine_stops_training_but_keeps_the_policy(ray_local, tiny_model, 
     finally:
         trainer.engines = []  # already dead
         trainer.cleanup()
+
+
+def test_reward_fn_from_a_config_line_replaces_the_environment_reward(ray_local, tiny_model, tmp_path):
+    """A tiny random model never solves a sum (env reward 0), but its short replies are
+    all concise: with ConcisenessReward as reward_fn every episode scores 1."""
+    config = make_config(
+        model={"model_name": tiny_model},
+        inference={"max_tokens": 8, "max_model_len": 256, "kv_cache_gb": 1},
+        training={
+            "num_epochs": 1,
+            "batch_size": 4,
+            "group_size": 2,
+            "kl_coef": 0.0,
+            "reward_fn": "rayrl.rewards:ConcisenessReward",
+        },
+        environment={"max_turns": 1},
+        checkpoint={"run_dir": str(tmp_path), "save_final": False},
+        ray={"include_dashboard": False},
+    )
+    trainer = RayPPOTrainer(config)
+    try:
+        row = trainer.fit()[0]
+    finally:
+        trainer.cleanup()
+    assert row["reward_mean"] == pytest.approx(1.0)
+    assert row["env_errors"] == 0
+    assert "env_correct" in row and "env_first_try" in row  # the environment's step info, averaged

@@ -1,0 +1,88 @@
+"""Train on tool use: an environment whose actions are tool calls.
+
+`ToolUseEnvironment` turns (inner environment, tools, action parser) into a plain
+`BaseEnvironment`, so the agent loop trains on it like on any other: each model
+reply goes through a `MultiTurnManager`, the tool output or the parse/tool error
+is the next user turn, and the reward is what the tools' actions earned in the
+inner environment. The tool list and the reply format go into the system prompt.
+The step info carries the episode's tool statistics (valid-call rate, successful
+and failed calls, parse errors), which the trainer logs per step.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from rayrl.agent.multi_turn import MultiTurnManager
+from rayrl.agent.parsers import ActionParser, FunctionCallingParser, JSONActionParser, ReActActionParser
+from rayrl.agent.tools import Tool, ToolRegistry
+from rayrl.config import ConfigError, EnvironmentConfig
+from rayrl.envs.base import BaseEnvironment, StepResult
+
+PARSERS: dict[str, type[ActionParser]] = {
+    "json": JSONActionParser,
+    "react": ReActActionParser,
+    "function_calling": FunctionCallingParser,
+}
+
+
+class ToolUseEnvironment(BaseEnvironment):
+    """A `BaseEnvironment` whose actions are tool calls on an inner environment.
+
+    Args:
+        config: the `environment` section; `max_turns` bounds the replies.
+        inner: the environment the tools act on.
+        make_tools: builds the tools for `inner` (they usually hold a reference to it).
+        parser: "json", "react" or "function_calling".
+    """
+
+    def __init__(
+        self,
+        config: EnvironmentConfig,
+        inner: BaseEnvironment,
+        make_tools: Callable[[BaseEnvironment], list[Tool]],
+        parser: str = "json",
+    ):
+        super().__init__(config)
+        if parser not in PARSERS:
+            raise ConfigError(f"environment.params.parser={parser!r}: choose one of {sorted(PARSERS)}")
+        self.inner = inner
+        self.registry = ToolRegistry(make_tools(inner))
+        self.manager = MultiTurnManager(
+            self.registry, PARSERS[parser](self.registry), inner, config.max_turns
+        )
+
+    def sample_task(self, rng: random.Random) -> Any:
+        return self.inner.sample_task(rng)
+
+    def sample_eval_task(self, rng: random.Random) -> Any:
+        return self.inner.sample_eval_task(rng)
+
+    def get_prompt_prefix(self) -> str:
+        base = self.config.system_prompt or self.inner.get_prompt_prefix()
+        return f"{base}\n\n{self.manager.instructions()}".strip()
+
+    def reset(self, task: Any = None) -> str:
+        self.step_count = 0
+        self.episode_reward = 0.0
+        self._done = False
+        return self.manager.reset(task)
+
+    def step(self, action: str) -> StepResult:
+        if self._done:
+            raise RuntimeError("step() called after the episode ended")
+        turn = self.manager.step(action)
+        self.step_count += 1
+        self.episode_reward += turn.reward
+        self._done = turn.done
+        tools = self.manager.episode_summary()["tools"]
+        info = {
+            "valid_call": turn.tool_call is not None and turn.tool_call.success,
+            "valid_call_rate": tools["valid_call_rate"],
+            "successful_tool_calls": tools["successful_tool_calls"],
+            "failed_tool_calls": tools["failed_tool_calls"],
+            "parse_errors": tools["parse_errors"],
+        }
+        return turn.feedback, turn.reward, turn.done, info

@@ -284,9 +284,7 @@ class ConfigStore(_Section):
         if t.adv_estimator == "grpo" and t.group_size < 2:
             raise ConfigError("training.group_size must be >= 2 for adv_estimator=grpo")
         if t.reward_fn is not None and not _IMPORT_PATH.match(t.reward_fn):
-            raise ConfigError(
-                f"training.reward_fn={t.reward_fn!r} must look like 'package.module:function'"
-            )
+            raise ConfigError(f"training.reward_fn={t.reward_fn!r} must look like 'package.module:function'")
         if inf.backend != "vllm":
             raise ConfigError(
                 f"inference.backend={inf.backend!r} is not available: rayrl ships the vLLM "

@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,6 +31,7 @@ from rayrl.actors.reference import ReferenceWorker
 from rayrl.actors.rollout import RolloutWorker
 from rayrl.algorithms import ADVANTAGE_ESTIMATORS
 from rayrl.config import ConfigStore
+from rayrl.envs.base import BaseEnvironment
 from rayrl.model_store import resolve_model
 from rayrl.tracking import RunDirectory
 from rayrl.weight_sync import DEFAULT_BUCKET_BYTES
@@ -45,6 +48,22 @@ ACTOR_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
 }
+
+
+def _ship_by_value(obj: Any) -> None:
+    """Let actors unpickle user code that is not importable on their side.
+
+    An environment class or reward function defined next to a user's script (not in
+    an installed package) is sent by value instead of by module reference.
+    """
+    module = sys.modules.get(getattr(obj, "__module__", "") or "")
+    if module is None or module.__name__ == "__main__" or module.__name__.split(".")[0] == "rayrl":
+        return
+    path = getattr(module, "__file__", "") or ""
+    if "site-packages" not in path and "dist-packages" not in path:
+        import ray.cloudpickle
+
+        ray.cloudpickle.register_pickle_by_value(module)
 
 
 def init_ray(config: ConfigStore, num_bundles: int) -> bool:
@@ -76,10 +95,26 @@ class RayPPOTrainer:
 
     Args:
         config: full validated config.
+        environment: optional environment instance or class to train on instead of the
+            one `environment.name` names (a fresh instance of its class per episode).
+        reward_fn: optional callable scoring an episode summary dict (`total_reward`,
+            `num_turns`, `tools`, `messages`, `final_response`), replacing the
+            environment's reward; overrides `training.reward_fn`.
     """
 
-    def __init__(self, config: ConfigStore):
+    def __init__(
+        self,
+        config: ConfigStore,
+        environment: BaseEnvironment | type[BaseEnvironment] | None = None,
+        reward_fn: Callable[[dict], float] | None = None,
+    ):
         self.config = config.check()
+        if environment is not None and not isinstance(environment, type):
+            environment = type(environment)
+        self.env_class = environment
+        self.reward_fn = reward_fn or config.training.reward_fn
+        for obj in (self.env_class, reward_fn):
+            _ship_by_value(obj)
         self.metrics_history: list[dict[str, Any]] = []
         self.run: RunDirectory | None = None
         self._started_ray = False
@@ -120,7 +155,8 @@ class RayPPOTrainer:
             cfg.environment,
             cfg.inference,
             self.engines,
-            cfg.training.reward_fn,
+            self.reward_fn,
+            self.env_class,
             actor_options={"max_concurrency": 10_000},
         )
         ray.get(engine_starts)
@@ -157,7 +193,7 @@ class RayPPOTrainer:
                 row = self.train_step(step)
                 bar.set_postfix(
                     reward=f"{row['reward_mean']:.3f}",
-                    loss=f"{row['loss']:.4f}",
+                    loss=f"{row['total_loss']:.4f}",
                     kl=f"{row['kl']:.4f}",
                     tok_s=f"{row['tokens_per_s']:.0f}",
                 )
@@ -178,7 +214,8 @@ class RayPPOTrainer:
 
         # 1. rollout: episodes run in the agent-loop actor; the batch stays in the object store
         t = time.perf_counter()
-        tasks = sample_tasks(cfg.environment, t_cfg.batch_size // t_cfg.group_size, self.rng)
+        n_groups = t_cfg.batch_size // t_cfg.group_size
+        tasks = sample_tasks(cfg.environment, n_groups, self.rng, env_class=self.env_class)
         batch_ref, stats_ref = self.runner.collect.options(num_returns=2).remote(tasks, t_cfg.group_size)
         stats = ray.get(stats_ref)
         times["rollout"] = time.perf_counter() - t
@@ -246,7 +283,10 @@ class RayPPOTrainer:
         """Mean reward and success of one sampled episode per task (held-out tasks by default)."""
         if self.learner is None:
             self.setup()
-        tasks = sample_tasks(self.config.environment, num_tasks, random.Random(seed), evaluation=held_out)
+        rng = random.Random(seed)
+        tasks = sample_tasks(
+            self.config.environment, num_tasks, rng, evaluation=held_out, env_class=self.env_class
+        )
         _, stats_ref = self.runner.collect.options(num_returns=2).remote(tasks, 1)
         stats = ray.get(stats_ref)
         return {
@@ -260,6 +300,7 @@ class RayPPOTrainer:
         rewards = np.asarray(stats["rewards"], dtype=np.float64)
         return {
             "step": step + 1,
+            "epoch": step + 1,  # the seeds' name for an iteration
             "reward_mean": float(rewards.mean()) if rewards.size else 0.0,
             "reward_std": float(rewards.std()) if rewards.size else 0.0,
             "success": float(np.mean(stats["success"])) if stats["success"] else 0.0,
@@ -271,7 +312,15 @@ class RayPPOTrainer:
             "tokens_per_s": stats["response_tokens"] / max(stats["seconds"], 1e-9),
             **{
                 k: update[k]
-                for k in ("loss", "pg_loss", "kl", "clip_frac", "entropy", "grad_norm", "logprob_gap")
+                for k in (
+                    "total_loss",
+                    "policy_loss",
+                    "kl",
+                    "clip_frac",
+                    "entropy",
+                    "grad_norm",
+                    "logprob_gap",
+                )
             },
             **{f"env_{k}": float(np.mean(v)) for k, v in stats.get("info", {}).items() if v},
             "weight_version": sync["version"],

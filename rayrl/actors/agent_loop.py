@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from rayrl.config import ConfigError, EnvironmentConfig, InferenceConfig
-from rayrl.envs import make_environment
+from rayrl.envs import BaseEnvironment, make_environment
 
 _PLACEHOLDER = "\x00RAYRL_ASSISTANT\x00"
 
@@ -55,7 +55,9 @@ class EpisodeRunner:
         engines: handles of the rollout actors; episodes are spread over them.
         reward_fn: optional "module:function" scoring each finished episode from its
             summary (total_reward, num_turns, tools, messages, final_response, task),
-            replacing the environment's reward.
+            replacing the environment's reward; or such a callable itself.
+        env_class: environment class to instantiate per episode instead of the one
+            `env_config.name` names.
     """
 
     def __init__(
@@ -64,7 +66,8 @@ class EpisodeRunner:
         env_config: EnvironmentConfig,
         inference_config: InferenceConfig,
         engines: list,
-        reward_fn: str | None = None,
+        reward_fn: str | Callable[[dict], float] | None = None,
+        env_class: type[BaseEnvironment] | None = None,
     ):
         from transformers import AutoTokenizer
 
@@ -72,10 +75,15 @@ class EpisodeRunner:
         self.inference = inference_config
         self.engines = engines
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        probe = make_environment(env_config)
+        self.env_class = env_class
+        probe = self.new_environment()
         self.system_prompt = probe.get_prompt_prefix()
         self._eos_text = self.tokenizer.eos_token or ""
-        self.reward_fn = load_episode_reward(reward_fn) if reward_fn else None
+        self.reward_fn = load_episode_reward(reward_fn) if isinstance(reward_fn, str) else reward_fn
+
+    def new_environment(self) -> BaseEnvironment:
+        """A fresh environment for one episode."""
+        return new_environment(self.env_config, self.env_class)
 
     # ---- chat rendering ----------------------------------------------------
     def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
@@ -108,7 +116,7 @@ class EpisodeRunner:
     # ---- episodes ----------------------------------------------------------------
     async def run_episode(self, task: Any, group: int, engine, temperature: float | None = None) -> Episode:
         """Play one episode of `task` on `engine`; never raises for environment errors."""
-        env = make_environment(self.env_config)
+        env = self.new_environment()
         timeout = self.env_config.step_timeout_s
         try:
             first = await asyncio.wait_for(env.areset(task), timeout)
@@ -241,10 +249,21 @@ def _import(spec: str) -> Any:
         raise ConfigError(f"reward function {spec!r} cannot be imported: {err}") from None
 
 
+def new_environment(
+    env_config: EnvironmentConfig, env_class: type[BaseEnvironment] | None = None
+) -> BaseEnvironment:
+    """An instance of `env_class`, or of the environment `env_config.name` names."""
+    return env_class(env_config) if env_class is not None else make_environment(env_config)
+
+
 def sample_tasks(
-    env_config: EnvironmentConfig, n: int, rng: random.Random, evaluation: bool = False
+    env_config: EnvironmentConfig,
+    n: int,
+    rng: random.Random,
+    evaluation: bool = False,
+    env_class: type[BaseEnvironment] | None = None,
 ) -> list[Any]:
     """Draw `n` tasks from the configured environment (held-out ones when `evaluation`)."""
-    env = make_environment(env_config)
+    env = new_environment(env_config, env_class)
     draw = env.sample_eval_task if evaluation else env.sample_task
     return [draw(rng) for _ in range(n)]

@@ -60,7 +60,7 @@ class ActorLearner:
             ref_logprobs: flat reference log-probs of the trainable tokens (None: no KL term).
 
         Returns:
-            metrics: loss, pg_loss, kl, clip_frac, entropy, grad_norm, and the mean
+            metrics (seed names): total_loss, policy_loss, kl, clip_frac, entropy, grad_norm, and the mean
             absolute gap between the engine's and the learner's log-probs.
         """
         cfg = self.config
@@ -81,7 +81,7 @@ class ActorLearner:
                 )
             )
 
-        sums = {"pg_loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, "logprob_gap": 0.0}
+        sums = {"policy_loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, "logprob_gap": 0.0}
         grad_norms, losses = [], []
         seen_tokens = 0
         self.model.train()
@@ -116,7 +116,7 @@ class ActorLearner:
                     loss.backward()
                     mini_loss += float(loss.detach())
                     if epoch == 0:
-                        sums["pg_loss"] += float(pg.detach().sum())
+                        sums["policy_loss"] += float(pg.detach().sum())
                         sums["clip_frac"] += float(clipped.sum())
                         if kl is not None:
                             sums["kl"] += float(kl.detach().sum())
@@ -133,7 +133,7 @@ class ActorLearner:
         denom = max(seen_tokens, 1)
         metrics = {k: v / denom for k, v in sums.items()}
         metrics.update(
-            loss=float(np.mean(losses)),
+            total_loss=float(np.mean(losses)),
             grad_norm=float(np.mean(grad_norms)),
             train_tokens=seqs.num_tokens,
             sequences=len(seqs),

@@ -13,10 +13,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rayrl.agent.multi_turn import MultiTurnManager
-from rayrl.envs.base import BaseEnvironment
+
+if TYPE_CHECKING:  # the environments package imports this module (tool-use envs)
+    from rayrl.envs.base import BaseEnvironment
 
 BACKENDS = ("vllm", "sglang")
 
@@ -214,7 +216,7 @@ class MultiTurnInferenceEngine:
             system = f"{system}\n\n{tools.instructions()}".strip()
             observation = tools.reset(task)
         else:
-            observation = environment.reset(task)
+            observation = environment.reset_for(task)
         messages = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": observation})
         rewards: list[float] = []

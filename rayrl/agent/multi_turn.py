@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rayrl.agent.parsers import ActionParser
 from rayrl.agent.tools import ToolRegistry
-from rayrl.envs.base import BaseEnvironment
+
+if TYPE_CHECKING:  # the environments package imports this module (tool-use envs)
+    from rayrl.envs.base import BaseEnvironment
 
 
 @dataclass
@@ -93,7 +95,7 @@ class MultiTurnManager:
     def reset(self, task: Any = None) -> str:
         """Start a new episode; returns the environment's first observation ("" without one)."""
         self.turns = []
-        return self.environment.reset(task) if self.environment is not None else ""
+        return self.environment.reset_for(task) if self.environment is not None else ""
 
     def instructions(self) -> str:
         """Text for the system prompt: the tools and the reply format the parser reads."""

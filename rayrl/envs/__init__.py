@@ -11,10 +11,12 @@ from rayrl.envs.conversation import ConversationEnvironment, TaskEnvironment
 from rayrl.envs.gym_adapter import GymTextEnvironment
 from rayrl.envs.math_feedback import MathFeedbackEnvironment
 from rayrl.envs.text_adventure import TextAdventureEnvironment
+from rayrl.envs.text_adventure_tools import TextAdventureToolsEnvironment
 
 BUILTIN_ENVIRONMENTS: dict[str, type[BaseEnvironment]] = {
     "math_feedback": MathFeedbackEnvironment,
     "text_adventure": TextAdventureEnvironment,
+    "text_adventure_tools": TextAdventureToolsEnvironment,
     "conversation": ConversationEnvironment,
     "task": TaskEnvironment,
     "action_math": ActionMathEnvironment,
@@ -55,6 +57,7 @@ __all__ = [
     "MathFeedbackEnvironment",
     "TaskEnvironment",
     "TextAdventureEnvironment",
+    "TextAdventureToolsEnvironment",
     "environment_class",
     "make_environment",
 ]

@@ -51,6 +51,11 @@ class BaseEnvironment(ABC):
     def reset(self, task: Any = None) -> str:
         """Start an episode on `task`; return the first observation."""
 
+    def reset_for(self, task: Any = None) -> str:
+        """`reset(task)`, or `reset()` when there is no task (environments written
+        like seed 000's take no task argument)."""
+        return self.reset() if task is None else self.reset(task)
+
     @abstractmethod
     def step(self, action: str) -> StepResult:
         """Apply the model's `action`; return (observation, reward, done, info)."""
@@ -66,7 +71,7 @@ class BaseEnvironment(ABC):
 
     async def areset(self, task: Any = None) -> str:
         """Async `reset` (runs the sync one in a thread)."""
-        return await asyncio.to_thread(self.reset, task)
+        return await asyncio.to_thread(self.reset_for, task)
 
     async def astep(self, action: str) -> StepResult:
         """Async `step` (runs the sync one in a thread)."""

@@ -115,40 +115,42 @@ class MultiTurnManager:
             model_output: the model's reply.
             observation: what the model saw before it (kept in the record).
         """
-        if self.done:
-            raise RuntimeError("the episode is over; call reset() first")
-        before = self._episode_reward()
+        before = self._begin_turn()
         parsed = self.action_parser.parse(model_output)
-        call = None
-        if parsed.ok:
-            tc = parsed.tool_call
-            success, result = self.tool_registry.execute_tool(tc.name, **tc.arguments)
-            call = ExecutedToolCall(tc.name, tc.arguments, success, result, tc.raw)
-            feedback = result
-        else:
-            feedback = parsed.error or "No tool call found."
-        return self._record(observation, model_output, call, parsed.error, feedback, before)
+        outcome = (
+            self.tool_registry.execute_tool(parsed.tool_call.name, **parsed.tool_call.arguments)
+            if parsed.ok
+            else None
+        )
+        return self._record(observation, model_output, parsed, outcome, before)
 
     async def astep(self, model_output: str, observation: str | None = None) -> Turn:
         """`step` for async callers: the tool runs without blocking the event loop."""
+        before = self._begin_turn()
+        parsed = self.action_parser.parse(model_output)
+        outcome = None
+        if parsed.ok:
+            outcome = await self.tool_registry.aexecute_tool(
+                parsed.tool_call.name, parsed.tool_call.arguments
+            )
+        return self._record(observation, model_output, parsed, outcome, before)
+
+    def _begin_turn(self) -> float:
         if self.done:
             raise RuntimeError("the episode is over; call reset() first")
-        before = self._episode_reward()
-        parsed = self.action_parser.parse(model_output)
-        call = None
-        if parsed.ok:
-            tc = parsed.tool_call
-            success, result = await self.tool_registry.aexecute_tool(tc.name, tc.arguments)
-            call = ExecutedToolCall(tc.name, tc.arguments, success, result, tc.raw)
-            feedback = result
-        else:
-            feedback = parsed.error or "No tool call found."
-        return self._record(observation, model_output, call, parsed.error, feedback, before)
+        return self._episode_reward()
 
     def _episode_reward(self) -> float:
         return float(self.environment.episode_reward) if self.environment is not None else 0.0
 
-    def _record(self, observation, model_output, call, parse_error, feedback, before) -> Turn:
+    def _record(self, observation, model_output, parsed, outcome, before) -> Turn:
+        call = None
+        if outcome is not None:
+            tc = parsed.tool_call
+            call = ExecutedToolCall(tc.name, tc.arguments, outcome[0], outcome[1], tc.raw)
+            feedback = outcome[1]
+        else:
+            feedback = parsed.error or "No tool call found."
         reward = self._episode_reward() - before
         index = len(self.turns)
         env_done = self.environment is not None and self.environment.done
@@ -157,7 +159,7 @@ class MultiTurnManager:
             observation=observation,
             model_output=model_output,
             tool_call=call,
-            parse_error=None if call is not None else parse_error,
+            parse_error=None if call is not None else parsed.error,
             feedback=feedback,
             reward=reward,
             done=env_done or index + 1 >= self.max_turns,

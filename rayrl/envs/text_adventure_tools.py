@@ -86,6 +86,12 @@ class TextAdventureToolsParams(BaseModel):
     """Reply format: "json", "react" or "function_calling"."""
     game: dict[str, Any] = {}
     """Params of the underlying TextAdventureEnvironment (max_steps, ...)."""
+    valid_call_bonus: float = 0.0
+    """Reward added per valid, successful tool call (format shaping)."""
+    format_bonus: float = 0.0
+    """Reward added per reply that attempts the call format without a valid call."""
+    example: str | None = None
+    """Example reply appended to the system prompt."""
 
 
 class TextAdventureToolsEnvironment(ToolUseEnvironment):
@@ -100,4 +106,12 @@ class TextAdventureToolsEnvironment(ToolUseEnvironment):
         config = config or EnvironmentConfig()
         params = validate_params(TextAdventureToolsParams, config.params)
         inner = TextAdventureEnvironment(config.model_copy(update={"params": params.game}))
-        super().__init__(config, inner, adventure_tools, params.parser)
+        super().__init__(
+            config,
+            inner,
+            adventure_tools,
+            params.parser,
+            valid_call_bonus=params.valid_call_bonus,
+            format_bonus=params.format_bonus,
+            example=params.example,
+        )

@@ -12,6 +12,7 @@ and failed calls, parse errors), which the trainer logs per step.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,8 @@ from rayrl.agent.parsers import ActionParser, FunctionCallingParser, JSONActionP
 from rayrl.agent.tools import Tool, ToolRegistry
 from rayrl.config import ConfigError, EnvironmentConfig
 from rayrl.envs.base import BaseEnvironment, StepResult
+
+_MARKERS = {"json": r"\{", "react": r"(?i)\baction\s*:", "function_calling": r"<tool_call>"}
 
 PARSERS: dict[str, type[ActionParser]] = {
     "json": JSONActionParser,
@@ -36,6 +39,12 @@ class ToolUseEnvironment(BaseEnvironment):
         inner: the environment the tools act on.
         make_tools: builds the tools for `inner` (they usually hold a reference to it).
         parser: "json", "react" or "function_calling".
+        valid_call_bonus: reward added for each reply that is a valid, successful tool call.
+        format_bonus: reward added for a reply that attempts the format (holds the parser's
+            marker: a JSON object, "Action:", or "<tool_call>") without being a valid call.
+            Small models rarely produce a valid call at first; these two shape the reward
+            so that GRPO sees a spread before the task reward does.
+        example: an example reply appended to the system prompt.
     """
 
     def __init__(
@@ -44,6 +53,9 @@ class ToolUseEnvironment(BaseEnvironment):
         inner: BaseEnvironment,
         make_tools: Callable[[BaseEnvironment], list[Tool]],
         parser: str = "json",
+        valid_call_bonus: float = 0.0,
+        format_bonus: float = 0.0,
+        example: str | None = None,
     ):
         super().__init__(config)
         if parser not in PARSERS:
@@ -53,6 +65,10 @@ class ToolUseEnvironment(BaseEnvironment):
         self.manager = MultiTurnManager(
             self.registry, PARSERS[parser](self.registry), inner, config.max_turns
         )
+        self.marker = re.compile(_MARKERS[parser])
+        self.valid_call_bonus = valid_call_bonus
+        self.format_bonus = format_bonus
+        self.example = example
 
     def sample_task(self, rng: random.Random) -> Any:
         return self.inner.sample_task(rng)
@@ -62,7 +78,8 @@ class ToolUseEnvironment(BaseEnvironment):
 
     def get_prompt_prefix(self) -> str:
         base = self.config.system_prompt or self.inner.get_prompt_prefix()
-        return f"{base}\n\n{self.manager.instructions()}".strip()
+        example = f"\nExample reply: {self.example}" if self.example else ""
+        return f"{base}\n\n{self.manager.instructions()}{example}".strip()
 
     def reset(self, task: Any = None) -> str:
         self.step_count = 0
@@ -74,15 +91,21 @@ class ToolUseEnvironment(BaseEnvironment):
         if self._done:
             raise RuntimeError("step() called after the episode ended")
         turn = self.manager.step(action)
+        valid = turn.tool_call is not None and turn.tool_call.success
+        reward = turn.reward
+        if valid:
+            reward += self.valid_call_bonus
+        elif self.marker.search(action):
+            reward += self.format_bonus
         self.step_count += 1
-        self.episode_reward += turn.reward
+        self.episode_reward += reward
         self._done = turn.done
         tools = self.manager.episode_summary()["tools"]
         info = {
-            "valid_call": turn.tool_call is not None and turn.tool_call.success,
+            "valid_call": valid,
             "valid_call_rate": tools["valid_call_rate"],
             "successful_tool_calls": tools["successful_tool_calls"],
             "failed_tool_calls": tools["failed_tool_calls"],
             "parse_errors": tools["parse_errors"],
         }
-        return turn.feedback, turn.reward, turn.done, info
+        return turn.feedback, reward, turn.done, info

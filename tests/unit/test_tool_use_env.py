@@ -56,3 +56,16 @@ def test_any_text_is_an_observation(text):
     env.reset()
     obs, reward, done, info = env.step(text)
     assert isinstance(obs, str) and isinstance(reward, float) and done is True
+
+
+def test_format_shaping_bonuses():
+    env = make(valid_call_bonus=2.0, format_bonus=0.5, example='{"tool": "heal", "arguments": {}}')
+    assert 'Example reply: {"tool": "heal"' in env.get_prompt_prefix()
+    env.reset()
+    _, reward, _, info = env.step(CALL.format(name="take", args='{"item": "potion"}'))
+    assert reward == pytest.approx(1.0 + 2.0) and info["valid_call"]  # game +1, valid call +2
+    _, reward, _, info = env.step('{"tool": "take", "arguments": {}}')  # attempt, missing argument
+    assert reward == pytest.approx(0.5) and not info["valid_call"]
+    _, reward, _, _ = env.step("take the potion")  # prose: no bonus
+    assert reward == 0.0
+    assert env.episode_reward == pytest.approx(3.5)

@@ -9,12 +9,21 @@ from rayrl.trainer import RayPPOTrainer
 from tests.conftest import make_config
 
 
+def tiny_config(tiny_model: str, **sections):
+    """A run of the tiny model with short turns and no dashboard, plus `sections` overrides."""
+    return make_config(
+        model={"model_name": tiny_model},
+        inference={"max_tokens": 8, "max_model_len": 256, "kv_cache_gb": 1},
+        ray={"include_dashboard": False},
+        **sections,
+    )
+
+
 @pytest.fixture(scope="module")
 def finished_run(ray_local, tiny_model, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs")
-    config = make_config(
-        model={"model_name": tiny_model},
-        inference={"max_tokens": 8, "max_model_len": 256, "kv_cache_gb": 1},
+    config = tiny_config(
+        tiny_model,
         training={
             "num_epochs": 2,
             "batch_size": 8,
@@ -23,7 +32,6 @@ def finished_run(ray_local, tiny_model, tmp_path_factory):
             "learning_rate": 1e-3,
         },
         checkpoint={"run_dir": str(run_dir), "run_name": "tiny"},
-        ray={"include_dashboard": False},
     )
     trainer = RayPPOTrainer(config)
     try:
@@ -84,12 +92,10 @@ def test_cleanup_left_ray_running_for_the_caller(finished_run, ray_local):
 
 
 def test_dead_engine_stops_training_but_keeps_the_policy(ray_local, tiny_model, tmp_path):
-    config = make_config(
-        model={"model_name": tiny_model},
-        inference={"max_tokens": 8, "max_model_len": 256, "kv_cache_gb": 1},
+    config = tiny_config(
+        tiny_model,
         training={"num_epochs": 3, "batch_size": 4, "group_size": 2, "kl_coef": 0.0},
         checkpoint={"run_dir": str(tmp_path), "run_name": "killed"},
-        ray={"include_dashboard": False},
     )
     trainer = RayPPOTrainer(config)
     try:
@@ -107,9 +113,8 @@ def test_dead_engine_stops_training_but_keeps_the_policy(ray_local, tiny_model, 
 def test_reward_fn_from_a_config_line_replaces_the_environment_reward(ray_local, tiny_model, tmp_path):
     """A tiny random model never solves a sum (env reward 0), but its short replies are
     all concise: with ConcisenessReward as reward_fn every episode scores 1."""
-    config = make_config(
-        model={"model_name": tiny_model},
-        inference={"max_tokens": 8, "max_model_len": 256, "kv_cache_gb": 1},
+    config = tiny_config(
+        tiny_model,
         training={
             "num_epochs": 1,
             "batch_size": 4,
@@ -119,7 +124,6 @@ def test_reward_fn_from_a_config_line_replaces_the_environment_reward(ray_local,
         },
         environment={"max_turns": 1},
         checkpoint={"run_dir": str(tmp_path), "save_final": False},
-        ray={"include_dashboard": False},
     )
     trainer = RayPPOTrainer(config)
     try:
@@ -143,12 +147,10 @@ def test_seed_style_environment_instance_and_reward_callable(ray_local, tiny_mod
         from game_env import TextAdventureEnvironment
     finally:
         sys.path.pop(0)
-    config = make_config(
-        model={"model_name": tiny_model},
-        inference={"max_tokens": 8, "max_model_len": 256, "kv_cache_gb": 1},
+    config = tiny_config(
+        tiny_model,
         training={"num_epochs": 1, "batch_size": 4, "group_size": 2, "kl_coef": 0.0},
         checkpoint={"run_dir": str(tmp_path), "save_final": False},
-        ray={"include_dashboard": False},
     )
     env = TextAdventureEnvironment(config.environment)
     bonus = 7.0

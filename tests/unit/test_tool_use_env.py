@@ -11,7 +11,9 @@ CALL = '{{"tool": "{name}", "arguments": {args}}}'
 
 
 def make(max_turns=6, **params):
-    return make_environment(EnvironmentConfig(name="text_adventure_tools", max_turns=max_turns, params=params))
+    return make_environment(
+        EnvironmentConfig(name="text_adventure_tools", max_turns=max_turns, params=params)
+    )
 
 
 def test_valid_calls_play_the_game_and_are_counted():

@@ -172,6 +172,17 @@ class EnvironmentConfig(_Section):
     system_prompt: str | None = None
     """Replaces the environment's own system prompt when set."""
 
+    isolation: Literal["actor", "inline"] = "actor"
+    """`actor`: each episode's environment runs in a Ray actor of its own, so a hung or
+    crashing environment ends only its episode (the host is killed and replaced).
+    `inline`: environments run inside the agent-loop process (cheaper, no isolation)."""
+
+    num_actors: int | None = Field(None, ge=1)
+    """Environment actors alive at once (default: `training.batch_size`, one per episode)."""
+
+    cpus_per_actor: float = Field(0.0, ge=0.0)
+    """Logical CPUs each environment actor reserves (0: environments are light)."""
+
     params: dict[str, Any] = Field(default_factory=dict)
     """Environment-specific settings, validated by the environment itself."""
 

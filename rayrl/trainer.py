@@ -157,8 +157,10 @@ class RayPPOTrainer:
             self.engines,
             self.reward_fn,
             self.env_class,
+            cfg.training.batch_size,
             actor_options={"max_concurrency": 10_000},
         )
+        envs_ready = self.runner.ready.remote()  # environment actors start while the engines load
         ray.get(engine_starts)
 
         # Weight-sync group: learner rank 0, engine i rank i + 1.
@@ -173,7 +175,7 @@ class RayPPOTrainer:
                 for i, e in enumerate(self.engines)
             ]
         )
-        ray.get(self.runner.__ray_ready__.remote())
+        ray.get(envs_ready)
         if self.reference is not None:
             ray.get(self.reference.__ray_ready__.remote())
 
@@ -308,6 +310,7 @@ class RayPPOTrainer:
             "turns_mean": float(np.mean(stats["num_turns"])) if stats["num_turns"] else 0.0,
             "episodes": int(rewards.size),
             "env_errors": len(stats["errors"]),
+            "env_restarts": stats["env_restarts"],
             "response_tokens": stats["response_tokens"],
             "tokens_per_s": stats["response_tokens"] / max(stats["seconds"], 1e-9),
             **{

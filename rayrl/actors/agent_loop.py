@@ -7,6 +7,9 @@ environment's reply as a user turn. Every episode awaits the engine on its own, 
 the engine batches whatever turns are pending (continuous batching) and an episode
 that is slow in its environment never holds the others back.
 
+Each episode's environment runs in its own Ray actor (`rayrl.actors.env_host`), so
+a hung or crashing environment ends that episode and no other.
+
 The token sequence keeps the exact ids the engine produced. Training never
 re-tokenises model text: only environment text (feedback turns, chat scaffolding)
 is tokenised, and it is masked out of the loss. The batch leaves this actor as one
@@ -25,8 +28,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from rayrl.actors.env_host import EnvironmentFailure, EnvironmentPool, new_environment
 from rayrl.config import ConfigError, EnvironmentConfig, InferenceConfig
-from rayrl.envs import BaseEnvironment, make_environment
+from rayrl.envs import BaseEnvironment
 
 _PLACEHOLDER = "\x00RAYRL_ASSISTANT\x00"
 
@@ -58,6 +62,7 @@ class EpisodeRunner:
             replacing the environment's reward; or such a callable itself.
         env_class: environment class to instantiate per episode instead of the one
             `env_config.name` names.
+        max_episodes: most episodes in flight at once (sizes the environment pool).
     """
 
     def __init__(
@@ -68,6 +73,7 @@ class EpisodeRunner:
         engines: list,
         reward_fn: str | Callable[[dict], float] | None = None,
         env_class: type[BaseEnvironment] | None = None,
+        max_episodes: int = 1,
     ):
         from transformers import AutoTokenizer
 
@@ -80,6 +86,16 @@ class EpisodeRunner:
         self.system_prompt = probe.get_prompt_prefix()
         self._eos_text = self.tokenizer.eos_token or ""
         self.reward_fn = load_episode_reward(reward_fn) if isinstance(reward_fn, str) else reward_fn
+        self.envs = EnvironmentPool(env_config, env_class, env_config.num_actors or max_episodes)
+
+    async def ready(self) -> int:
+        """Start the environment actors and wait for them; returns how many are alive.
+
+        Optional: episodes start hosts on demand, this only moves the start-up earlier.
+        """
+        self.envs.start()
+        await self.envs.wait_ready()
+        return self.envs.alive
 
     def new_environment(self) -> BaseEnvironment:
         """A fresh environment for one episode."""
@@ -116,12 +132,17 @@ class EpisodeRunner:
     # ---- episodes ----------------------------------------------------------------
     async def run_episode(self, task: Any, group: int, engine, temperature: float | None = None) -> Episode:
         """Play one episode of `task` on `engine`; never raises for environment errors."""
-        env = self.new_environment()
-        timeout = self.env_config.step_timeout_s
+        env = await self.envs.acquire()
         try:
-            first = await asyncio.wait_for(env.areset(task), timeout)
-        except Exception as err:  # noqa: BLE001 - an environment bug ends its own episode only
-            return Episode([], [], [], 0.0, group, 0, error=f"reset failed: {type(err).__name__}: {err}")
+            return await self._play(env, task, group, engine, temperature)
+        finally:
+            await self.envs.release(env)
+
+    async def _play(self, env, task: Any, group: int, engine, temperature: float | None) -> Episode:
+        try:
+            first = await env.reset(task)
+        except EnvironmentFailure as err:  # an environment bug ends its own episode only
+            return Episode([], [], [], 0.0, group, 0, error=str(err))
         ids, messages = self.prompt_ids(first)
         mask = [0] * len(ids)
         logprobs = [0.0] * len(ids)
@@ -140,9 +161,9 @@ class EpisodeRunner:
             history = messages
             messages = messages + [{"role": "assistant", "content": text}]
             try:
-                observation, step_reward, done, info = await asyncio.wait_for(env.astep(text), timeout)
-            except Exception as err:  # noqa: BLE001
-                error = f"step failed: {type(err).__name__}: {err}"
+                observation, step_reward, done, info = await env.step(text)
+            except EnvironmentFailure as err:
+                error = str(err)
                 break
             reward += float(step_reward)
             if done:
@@ -215,6 +236,7 @@ class EpisodeRunner:
             "info": _numeric_info(kept),
             "errors": [e.error for e in episodes if e.error],
             "dropped": len(episodes) - len(kept),
+            "env_restarts": self.envs.restarts,
             "seconds": seconds,
         }
         return table, stats
@@ -247,13 +269,6 @@ def _import(spec: str) -> Any:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as err:
         raise ConfigError(f"reward function {spec!r} cannot be imported: {err}") from None
-
-
-def new_environment(
-    env_config: EnvironmentConfig, env_class: type[BaseEnvironment] | None = None
-) -> BaseEnvironment:
-    """An instance of `env_class`, or of the environment `env_config.name` names."""
-    return env_class(env_config) if env_class is not None else make_environment(env_config)
 
 
 def sample_tasks(

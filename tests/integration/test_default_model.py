@@ -33,17 +33,56 @@ def test_default_model_answers_a_sum(ray_local, engine, default_model):
     assert gen.finish_reason in ("stop", "length")
 
 
+class RecordingEngine:
+    """Stands between the agent loop and the real engine and keeps every generation."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.calls: list[tuple[list[int], list[int], list[float]]] = []
+
+    async def generate(self, prompt_ids, max_tokens=None, temperature=None):
+        out = await self.engine.generate.remote(prompt_ids, max_tokens, temperature)
+        self.calls.append((list(prompt_ids), list(out.token_ids), list(out.logprobs)))
+        return out
+
+    def recorded(self):
+        return self.calls
+
+
 def test_multi_turn_episode_masks_exactly_the_engine_tokens(ray_local, engine, default_model):
     """A real two-turn episode: the trainable tokens are exactly the engine's tokens."""
     ray = ray_local
     env_cfg = EnvironmentConfig(max_turns=2, params={"wrong_feedback": "Wrong. Try again."})
+    recorder = ray.remote(RecordingEngine).options(num_cpus=0).remote(engine)
     runner_cls = ray.remote(EpisodeRunner).options(num_cpus=0)
     runner = runner_cls.remote(
-        default_model, env_cfg, InferenceConfig(max_tokens=24, max_model_len=512), [engine]
+        default_model, env_cfg, InferenceConfig(max_tokens=24, max_model_len=512), [recorder], max_episodes=4
     )
     # 97 + 86 is beyond what the model gets right at once, so a feedback turn follows.
     table, stats = ray.get(runner.collect.options(num_returns=2).remote([{"a": 97, "b": 86}], 4))
+    calls = ray.get(recorder.recorded.remote())
     ray.kill(runner)
+    ray.kill(recorder)
+    # Every trainable token is a token the engine generated, at the position it was
+    # generated for, with the engine's log-prob; every engine call is a trainable span.
+    rows = list(
+        zip(
+            table.column("input_ids").to_pylist(),
+            table.column("loss_mask").to_pylist(),
+            table.column("rollout_logprobs").to_pylist(),
+            strict=True,
+        )
+    )
+    assert len(calls) == sum(table.column("num_turns").to_pylist())
+    for ids, mask, lps in rows:
+        expected_mask, expected_lps = [0] * len(ids), [0.0] * len(ids)
+        for prompt, out, out_lps in calls:
+            n = len(prompt)
+            if ids[: n + len(out)] == prompt + out:
+                expected_mask[n : n + len(out)] = [1] * len(out)
+                expected_lps[n : n + len(out)] = out_lps
+        assert mask == expected_mask
+        assert lps == pytest.approx(expected_lps, abs=1e-6)
     assert table.num_rows == 4 and stats["rewards"] == table.column("reward").to_pylist()
     from transformers import AutoTokenizer
 

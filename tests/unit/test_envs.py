@@ -13,6 +13,7 @@ from rayrl.config import ConfigError, EnvironmentConfig
 from rayrl.envs import BUILTIN_ENVIRONMENTS, make_environment
 from rayrl.envs.action_math import ActionMathEnvironment, parse_action, parse_answer
 from rayrl.envs.conversation import ConversationEnvironment, TaskEnvironment
+from rayrl.envs.games import GuessNumberGame as GuessNumber
 from rayrl.envs.gym_adapter import GymTextEnvironment
 from rayrl.envs.text_adventure import TextAdventureEnvironment
 
@@ -28,30 +29,8 @@ TRIP = {
 }
 
 
-class GuessNumber:
-    """A gymnasium-style text game: guess a number in 1..10 within `max_guesses`."""
-
-    def __init__(self, max_guesses: int = 3):
-        self.max_guesses = max_guesses
-
-    def reset(self, seed=None, options=None):
-        self.target = (options or {}).get("target", random.Random(seed).randint(1, 10))
-        self.guesses = 0
-        return "Guess a number from 1 to 10.", {}
-
-    def step(self, action):
-        self.guesses += 1
-        digits = "".join(c for c in action if c.isascii() and c.isdigit())[:3]
-        guess = int(digits) if digits else None
-        won = guess == self.target
-        hint = (
-            "right" if won else "no number" if guess is None else "higher" if guess < self.target else "lower"
-        )
-        return hint, 1.0 if won else 0.0, won, self.guesses >= self.max_guesses, {"guess": guess}
-
-
 def make_guess_number(max_guesses: int = 3) -> GuessNumber:
-    return GuessNumber(max_guesses)
+    return GuessNumber(max_guesses=max_guesses)
 
 
 def cfg(name: str = "math_feedback", **kw) -> EnvironmentConfig:
@@ -245,9 +224,15 @@ def test_action_math_bad_params():
 # ---- gymnasium adapter -----------------------------------------------------------
 def test_gym_adapter_episode_with_options_and_seed():
     env = GymTextEnvironment(cfg(), env=GuessNumber())
-    assert env.reset({"target": 7}) == "Guess a number from 1 to 10."
+    assert env.reset({"target": 7}).startswith("I picked a whole number from 1 to 10. You have 3 guesses.")
     obs, reward, done, info = env.step("I guess 3")
-    assert (obs, reward, done, info["guess"], info["truncated"]) == ("higher", 0.0, False, 3, False)
+    assert (obs, reward, done, info["guess"], info["truncated"]) == (
+        "No, my number is higher than 3.",
+        0.0,
+        False,
+        3,
+        False,
+    )
     assert env.step("7")[1:3] == (1.0, True)
     with pytest.raises(RuntimeError):
         env.step("7")

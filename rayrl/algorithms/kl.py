@@ -33,6 +33,23 @@ def kl_penalty(
     raise ValueError(f"unknown KL estimator {estimator!r}; use k1, k2 or k3")
 
 
+def apply_kl_to_rewards(
+    token_rewards: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    coef: float,
+    estimator: Literal["k1", "k2", "k3"] = "k1",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL as a reward penalty (InstructGPT style): r_t - coef * KL_t on every masked token.
+
+    Returns:
+        (penalised token rewards, per-token KL estimate (0 where `mask` is not set)).
+    """
+    kl = kl_penalty(logprobs, ref_logprobs, estimator) * mask.to(token_rewards.dtype)
+    return token_rewards - coef * kl, kl
+
+
 class KLController:
     """KL coefficient: fixed, or adaptive towards a target KL (Ziegler et al. 2019).
 

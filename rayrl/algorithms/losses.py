@@ -1,4 +1,4 @@
-"""PPO clipped policy loss and masked loss aggregation."""
+"""PPO losses: clipped policy loss (clip-higher, dual-clip), clipped value loss, entropy; aggregation."""
 
 from __future__ import annotations
 
@@ -47,25 +47,65 @@ def compute_policy_loss(
     advantages: torch.Tensor,
     clip_low: float = 0.2,
     clip_high: float = 0.2,
+    clip_ratio_c: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token PPO clipped surrogate loss.
 
     loss = -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A),
-    ratio = exp(logprobs - old_logprobs).
+    ratio = exp(logprobs - old_logprobs). With dual-clip (Ye et al. 2020), a token
+    with A < 0 also has its loss capped at -clip_ratio_c * A, so one huge ratio on a
+    bad token cannot dominate the batch.
 
     Args:
         logprobs: current policy log-probabilities of sampled tokens, (B, T).
         old_logprobs: log-probabilities under the policy that sampled, (B, T).
         advantages: per-token advantages, (B, T) (or broadcastable).
-        clip_low / clip_high: lower and upper clip ranges (equal for classic PPO).
+        clip_low / clip_high: lower and upper clip ranges (equal for classic PPO;
+            clip_high > clip_low is DAPO's clip-higher).
+        clip_ratio_c: dual-clip bound (> 1), None to disable.
 
     Returns:
-        (per-token loss, per-token 0/1 float showing where clipping bound the loss).
+        (per-token loss, per-token 0/1 float showing where either clip bound the loss).
     """
+    if clip_ratio_c is not None and clip_ratio_c <= 1.0:
+        raise ValueError(f"clip_ratio_c must be > 1, got {clip_ratio_c}")
     log_ratio = (logprobs - old_logprobs).clamp(-20.0, 20.0)
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     loss = torch.maximum(unclipped, clipped)
-    was_clipped = (clipped > unclipped).to(logprobs.dtype)
-    return loss, was_clipped
+    was_clipped = clipped > unclipped
+    if clip_ratio_c is not None:
+        cap = -advantages * clip_ratio_c
+        dual = (advantages < 0) & (loss > cap)
+        loss = torch.where(dual, cap, loss)
+        was_clipped = was_clipped | dual
+    return loss, was_clipped.to(logprobs.dtype)
+
+
+def compute_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip_range: float | None = 0.2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token clipped value loss: 0.5 * max((V - R)^2, (clip(V, V_old +- eps) - R)^2).
+
+    Args:
+        values: the critic's current predictions, (B, T).
+        old_values: its predictions when the batch was scored, (B, T).
+        returns: targets, (B, T).
+        clip_range: eps; None for the plain squared error.
+
+    Returns:
+        (per-token loss, per-token 0/1 float showing where the clipped term was larger).
+    """
+    plain = (values - returns).square()
+    if clip_range is None:
+        return 0.5 * plain, torch.zeros_like(plain)
+    clipped_values = old_values + (values - old_values).clamp(-clip_range, clip_range)
+    clipped = (clipped_values - returns).square()
+    return 0.5 * torch.maximum(plain, clipped), (clipped > plain).to(values.dtype)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the categorical distribution given by `logits` (last dim), differentiable."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)

@@ -26,7 +26,7 @@ def test_grpo_advantage_by_hand():
     assert adv[:4].tolist() == pytest.approx([0.5 / s, -0.5 / s, -0.5 / s, 0.5 / s])
     # all-equal group and a group of one carry no signal
     assert adv[4:].tolist() == [0.0, 0.0, 0.0, 0.0]
-    assert ADVANTAGE_ESTIMATORS["grpo"] is compute_grpo_advantage
+    assert ADVANTAGE_ESTIMATORS["grpo"].needs_groups and not ADVANTAGE_ESTIMATORS["grpo"].needs_critic
 
 
 def test_grpo_mean_only_centring():

@@ -91,14 +91,21 @@ class InferenceConfig(_Section):
     """Engine sampling seed."""
 
 
-Estimator = Literal["grpo"]
+Estimator = Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"]
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
 KLEstimator = Literal["k1", "k2", "k3"]
 LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
 
 
 class TrainingConfig(_Section):
     adv_estimator: Estimator = "grpo"
-    """Advantage estimator."""
+    """Advantage estimator (see rayrl.algorithms.advantages); "gae" adds a critic."""
+
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    """Discount over generated tokens (gae, reinforce_pp)."""
+
+    lam: float = Field(1.0, ge=0.0, le=1.0)
+    """GAE lambda."""
 
     num_epochs: int = Field(30, ge=1)
     """Training iterations (rollout, score, update, sync), as the seeds' `fit(num_epochs)`."""
@@ -133,11 +140,30 @@ class TrainingConfig(_Section):
     clip_ratio_high: float = Field(0.2, ge=0.0)
     """PPO upper clip range (ratio <= 1 + clip_ratio_high)."""
 
+    clip_ratio_c: float | None = Field(3.0, gt=1.0)
+    """Dual-clip bound for negative advantages (None disables)."""
+
+    entropy_coef: float = Field(0.0, ge=0.0)
+    """Weight of the entropy bonus in the policy loss."""
+
     kl_coef: float = Field(0.001, ge=0.0)
     """Weight of the KL(policy || reference) loss term; 0 disables the reference actor."""
 
     kl_estimator: KLEstimator = "k3"
-    """KL estimator used in the loss."""
+    """KL estimator."""
+
+    kl_mode: Literal["loss", "reward"] = "loss"
+    """"loss": kl_coef * KL is a loss term (GRPO); "reward": it is subtracted from every
+    token's reward before advantages (PPO, InstructGPT)."""
+
+    target_kl: float | None = Field(None, gt=0.0)
+    """Adapt kl_coef towards this KL per token (adaptive KLController); None: fixed."""
+
+    reward_norm: bool = False
+    """Whiten episode rewards over the batch before advantages."""
+
+    filter_groups: bool = False
+    """Drop groups whose rewards are all equal (no signal for group estimators)."""
 
     loss_agg_mode: LossAgg = "token-mean"
     """How token losses are reduced to one number."""
@@ -157,6 +183,22 @@ class TrainingConfig(_Section):
 
     seed: int = 0
     """Seed for prompt sampling and torch."""
+
+
+class CriticConfig(_Section):
+    """The value model used by adv_estimator=gae: the policy's backbone plus a scalar head."""
+
+    model_name: str | None = None
+    """Initial critic backbone; default: the policy's model."""
+
+    learning_rate: float = Field(1e-5, gt=0.0)
+    """AdamW learning rate."""
+
+    value_clip: float | None = Field(0.2, gt=0.0)
+    """Clip range of the value loss around the old values (None: plain squared error)."""
+
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    """Gradient clipping norm."""
 
 
 class EnvironmentConfig(_Section):
@@ -221,7 +263,7 @@ class RayConfig(_Section):
     """Start the Ray Dashboard with a local Ray (127.0.0.1:8265)."""
 
 
-_SECTIONS = ("model", "inference", "training", "environment", "checkpoint", "ray")
+_SECTIONS = ("model", "inference", "training", "critic", "environment", "checkpoint", "ray")
 
 
 class ConfigStore(_Section):
@@ -233,6 +275,8 @@ class ConfigStore(_Section):
     """Rollout engines."""
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     """Algorithm and learner."""
+    critic: CriticConfig = Field(default_factory=CriticConfig)
+    """Value model (only with adv_estimator=gae)."""
     environment: EnvironmentConfig = Field(default_factory=EnvironmentConfig)
     """Episodes."""
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
@@ -292,8 +336,15 @@ class ConfigStore(_Section):
                 f"training.batch_size={t.batch_size} must divide into "
                 f"training.num_mini_batches={t.num_mini_batches} equal mini-batches"
             )
-        if t.adv_estimator == "grpo" and t.group_size < 2:
-            raise ConfigError("training.group_size must be >= 2 for adv_estimator=grpo")
+        if t.adv_estimator in GROUP_ESTIMATORS and t.group_size < 2:
+            raise ConfigError(
+                f"training.group_size must be >= 2 for adv_estimator={t.adv_estimator} "
+                "(its baseline comes from the other samples of the group)"
+            )
+        if t.filter_groups and t.group_size < 2:
+            raise ConfigError("training.filter_groups needs training.group_size >= 2")
+        if t.target_kl is not None and t.kl_coef == 0:
+            raise ConfigError("training.target_kl adapts training.kl_coef, which is 0 (no reference)")
         if t.reward_fn is not None and not _IMPORT_PATH.match(t.reward_fn):
             raise ConfigError(f"training.reward_fn={t.reward_fn!r} must look like 'package.module:function'")
         if inf.backend != "vllm":

@@ -1,12 +1,14 @@
 """The controller: one loop that reads top to bottom.
 
-rollout -> score -> reference -> advantages -> update -> sync -> checkpoint -> log
+rollout -> reference + values -> score (advantages) -> update (critic, actor) -> sync
+-> checkpoint -> log
 
 The driver holds actor handles and small numbers only. The rollout batch stays in
-the object store: the agent loop returns a reference to a pyarrow table, which the
-reference and the learner read directly; the reference's log-probs likewise go to
-the learner as an object reference. The driver fetches per-episode rewards to
-compute advantages (a few hundred floats).
+the object store: the agent loop returns a reference to a pyarrow table; the
+reference and the critic read it directly and hand their per-token arrays to the
+scoring task as object references; the scoring task returns the training table
+(with per-token advantages) that the critic and the learner read. The driver only
+fetches per-episode stats and metrics.
 """
 
 from __future__ import annotations
@@ -17,19 +19,21 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
-import torch
 from tqdm import tqdm
 
 from rayrl import placement
 from rayrl.actors.agent_loop import EpisodeRunner, sample_tasks
+from rayrl.actors.critic import Critic
 from rayrl.actors.learner import ActorLearner
 from rayrl.actors.reference import ReferenceWorker
 from rayrl.actors.rollout import RolloutWorker
-from rayrl.algorithms import ADVANTAGE_ESTIMATORS
+from rayrl.actors.scoring import score_batch
+from rayrl.algorithms import ADVANTAGE_ESTIMATORS, KLController
 from rayrl.config import ConfigStore
 from rayrl.envs.base import BaseEnvironment
 from rayrl.model_store import resolve_model
@@ -90,8 +94,15 @@ def init_ray(config: ConfigStore, num_bundles: int) -> bool:
     return True
 
 
+# The scoring stage is a few vectorised passes over a few thousand floats: a task
+# that needs no CPU of its own (every CPU may be held by the role bundles).
+_score = ray.remote(num_cpus=0)(score_batch)
+
+
 class RayPPOTrainer:
-    """Trains a policy with GRPO on Ray actors (rollout, reference, actor-learner, agent loop).
+    """Trains a policy with PPO-family updates on Ray actors (rollout, reference, critic,
+    actor-learner, agent loop): PPO with a critic (`adv_estimator: gae`) or a critic-free
+    estimator (grpo, dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline), by config.
 
     Args:
         config: full validated config.
@@ -122,7 +133,9 @@ class RayPPOTrainer:
         self.engines: list = []
         self.learner = None
         self.reference = None
+        self.critic = None
         self.runner = None
+        self.kl_ctl = KLController(config.training.kl_coef, config.training.target_kl)
         self.version = 0
         self.rng = random.Random(config.training.seed)
 
@@ -148,6 +161,13 @@ class RayPPOTrainer:
         self.learner = p.spawn("learner", ActorLearner, model_path, cfg.training, cfg.inference.dtype)
         if cfg.training.kl_coef > 0:
             self.reference = p.spawn("reference", ReferenceWorker, model_path, cfg.training)
+        if ADVANTAGE_ESTIMATORS[cfg.training.adv_estimator].needs_critic:
+            critic_path = (
+                resolve_model(cfg.critic.model_name, cfg.model.cache_dir)
+                if cfg.critic.model_name
+                else model_path
+            )
+            self.critic = p.spawn("critic", Critic, critic_path, cfg.training, cfg.critic)
         self.runner = p.spawn(
             "agent_loop",
             EpisodeRunner,
@@ -176,8 +196,7 @@ class RayPPOTrainer:
             ]
         )
         ray.get(envs_ready)
-        if self.reference is not None:
-            ray.get(self.reference.__ray_ready__.remote())
+        ray.get([a.__ray_ready__.remote() for a in (self.reference, self.critic) if a is not None])
 
     # ---- the loop --------------------------------------------------------------
     def fit(self, num_epochs: int | None = None) -> list[dict[str, Any]]:
@@ -205,7 +224,7 @@ class RayPPOTrainer:
         finally:
             bar.close()
         if self.config.checkpoint.save_final:
-            ray.get(self.learner.save.remote(self.run.checkpoint_path("final")))
+            self.save_checkpoint(self.run.checkpoint_path("final"))
         return self.metrics_history
 
     def train_step(self, step: int) -> dict[str, Any]:
@@ -222,22 +241,31 @@ class RayPPOTrainer:
         stats = ray.get(stats_ref)
         times["rollout"] = time.perf_counter() - t
 
-        # 2. score: rewards come from the environments; advantages per group
-        rewards = torch.tensor(stats["rewards"], dtype=torch.float64)
-        estimator = ADVANTAGE_ESTIMATORS[t_cfg.adv_estimator]
-        advantages = estimator(rewards, torch.tensor(stats["groups"])).float().numpy()
-
-        # 3. reference log-probs for the KL term (an object ref, handed to the learner)
+        # 2. reference log-probs and critic values, read from the object store in parallel
         t = time.perf_counter()
-        ref_ref = None
-        if self.reference is not None:
-            ref_ref = self.reference.compute_logprobs.remote(batch_ref)
-            ray.wait([ref_ref], fetch_local=False)
+        ref_ref = self.reference.compute_logprobs.remote(batch_ref) if self.reference else None
+        values_ref = self.critic.compute_values.remote(batch_ref) if self.critic else None
+        pending = [r for r in (ref_ref, values_ref) if r is not None]
+        if pending:
+            ray.wait(pending, num_returns=len(pending), fetch_local=False)
         times["reference"] = time.perf_counter() - t
 
-        # 4. update the policy
+        # 3. score: token rewards (KL penalty if kl_mode=reward), group filter, advantages
         t = time.perf_counter()
-        update = ray.get(self.learner.update.remote(batch_ref, advantages, ref_ref))
+        train_ref, score_ref = _score.options(num_returns=2).remote(
+            batch_ref, ref_ref, values_ref, t_cfg, self.kl_ctl.value
+        )
+        score = ray.get(score_ref)
+        times["score"] = time.perf_counter() - t
+
+        # 4. update the critic and the policy (separate actors: they run side by side)
+        t = time.perf_counter()
+        critic_ref = self.critic.update.remote(train_ref) if self.critic else None
+        update = ray.get(self.learner.update.remote(train_ref, self.kl_ctl.value))
+        if critic_ref is not None:
+            update.update(ray.get(critic_ref))
+        update["kl_coef"] = self.kl_ctl.value
+        self.kl_ctl.update(update.get("kl", 0.0) or score.get("kl_reward", 0.0), t_cfg.batch_size)
         times["update"] = time.perf_counter() - t
 
         # 5. sync weights into every engine
@@ -247,14 +275,22 @@ class RayPPOTrainer:
 
         # 6. checkpoint
         if cfg.checkpoint.save_interval and (step + 1) % cfg.checkpoint.save_interval == 0:
-            ray.get(self.learner.save.remote(self.run.checkpoint_path(f"step_{step + 1:06d}")))
+            self.save_checkpoint(self.run.checkpoint_path(f"step_{step + 1:06d}"))
 
         # 7. log
         times["step"] = time.perf_counter() - t_step
-        row = self._metrics(step, stats, update, sync, times)
+        row = self._metrics(step, stats, {**score, **update}, sync, times)
         self.metrics_history.append(row)
         self.run.log(row)
         return row
+
+    def save_checkpoint(self, path: str) -> str:
+        """Save the policy (Hugging Face folder at `path`) and the critic (`path/critic`)."""
+        saves = [self.learner.save.remote(path)]
+        if self.critic is not None:
+            saves.append(self.critic.save.remote(str(Path(path) / "critic")))
+        ray.get(saves)
+        return path
 
     def _save_after_failure(self) -> None:
         if self.learner is None or self.run is None:
@@ -325,6 +361,22 @@ class RayPPOTrainer:
                     "logprob_gap",
                 )
             },
+            **{
+                k: update[k]
+                for k in (
+                    "kl_coef",
+                    "kl_reward",
+                    "advantage_mean",
+                    "advantage_std",
+                    "kept_episodes",
+                    "filtered_episodes",
+                    "value_loss",
+                    "value_clip_frac",
+                    "value_explained_var",
+                    "critic_grad_norm",
+                )
+                if k in update
+            },
             **{f"env_{k}": float(np.mean(v)) for k, v in stats.get("info", {}).items() if v},
             "weight_version": sync["version"],
             "sync_gb_per_s": sync["bytes"] / max(sync["seconds"], 1e-9) / 1e9,
@@ -341,7 +393,7 @@ class RayPPOTrainer:
         if self._placement is not None:
             self._placement.remove()
             self._placement = None
-        self.engines, self.learner, self.reference, self.runner = [], None, None, None
+        self.engines, self.learner, self.reference, self.critic, self.runner = [], None, None, None, None
         if self._started_ray:
             ray.shutdown()
             self._started_ray = False

@@ -1,9 +1,9 @@
 """Actor-learner role: owns the trainable policy, its optimizer, and the weight broadcast.
 
-Plain torch for now (float32 master weights, bf16 autocast, AdamW); the update is
-the PPO clipped objective with a KL penalty against the reference, aggregated over
-the trainable tokens of each mini-batch, with gradient accumulation over
-micro-batches. After an update the learner is rank 0 of the weight-sync group.
+Plain torch (float32 master weights, bf16 autocast, AdamW); the update is the PPO
+clipped objective (clip-higher, dual-clip) with an optional KL loss against the
+reference and an entropy bonus, aggregated over the trainable tokens of each
+mini-batch, with gradient accumulation over micro-batches. After an update the learner is rank 0 of the weight-sync group.
 """
 
 from __future__ import annotations
@@ -51,27 +51,28 @@ class ActorLearner:
         self._group = None
 
     # ---- training --------------------------------------------------------
-    def update(self, batch: pa.Table, advantages: np.ndarray, ref_logprobs: np.ndarray | None) -> dict:
-        """One PPO/GRPO update on a rollout batch.
+    def update(self, batch: pa.Table, kl_coef: float | None = None) -> dict:
+        """One PPO update on a scored batch (see `rayrl.actors.scoring`).
 
         Args:
-            batch: columnar rollout batch (`input_ids`, `loss_mask`, `rollout_logprobs`).
-            advantages: one advantage per row of `batch`.
-            ref_logprobs: flat reference log-probs of the trainable tokens (None: no KL term).
+            batch: table with `input_ids`, `loss_mask`, `rollout_logprobs`, `advantages`,
+                and `ref_logprobs` when the KL is a loss term.
+            kl_coef: current KL coefficient (adaptive control); default `training.kl_coef`.
 
         Returns:
             metrics (seed names): total_loss, policy_loss, kl, clip_frac, entropy, grad_norm, and the mean
             absolute gap between the engine's and the learner's log-probs.
         """
         cfg = self.config
+        kl_coef = cfg.kl_coef if kl_coef is None else kl_coef
         seqs = modeling.SequenceBatch(batch)
-        if len(advantages) != len(seqs):
-            raise ValueError(f"{len(advantages)} advantages for {len(seqs)} sequences")
-        adv_tok = torch.from_numpy(np.repeat(np.asarray(advantages, dtype=np.float32), seqs.token_counts))
-        ref = (
-            torch.from_numpy(np.asarray(ref_logprobs, dtype=np.float32)) if ref_logprobs is not None else None
-        )
-        rollout_lp = _masked_values(batch, "rollout_logprobs", seqs.num_tokens)
+        zero = dict.fromkeys(("policy_loss", "kl", "clip_frac", "entropy", "logprob_gap", "total_loss"), 0.0)
+        if len(seqs) == 0:  # every group filtered out: nothing to learn from this batch
+            return {**zero, "grad_norm": 0.0, "train_tokens": 0, "sequences": 0}
+        adv_tok = torch.from_numpy(modeling.trainable_values(batch, "advantages"))
+        use_kl_loss = cfg.kl_mode == "loss" and "ref_logprobs" in batch.column_names
+        ref = torch.from_numpy(modeling.trainable_values(batch, "ref_logprobs")) if use_kl_loss else None
+        rollout_lp = torch.from_numpy(modeling.trainable_values(batch, "rollout_logprobs"))
         on_policy = cfg.ppo_epochs == 1 and cfg.num_mini_batches == 1
         old_lp = None
         if not on_policy:
@@ -81,13 +82,13 @@ class ActorLearner:
                 )
             )
 
-        sums = {"policy_loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, "logprob_gap": 0.0}
+        sums = {k: 0.0 for k in ("policy_loss", "kl", "clip_frac", "entropy", "logprob_gap")}
         grad_norms, losses = [], []
         seen_tokens = 0
         self.model.train()
         for epoch in range(cfg.ppo_epochs):
             order = self.rng.permutation(len(seqs))
-            for mini in np.array_split(order, cfg.num_mini_batches):
+            for mini in np.array_split(order, min(cfg.num_mini_batches, len(seqs))):
                 n_tok = float(seqs.token_counts[mini].sum())
                 self.optimizer.zero_grad(set_to_none=True)
                 mini_loss = 0.0
@@ -96,17 +97,29 @@ class ActorLearner:
                     idx = torch.from_numpy(seqs.flat_index(rows))
                     with modeling.autocast(self.device, cfg.autocast_dtype):
                         lp, entropy = modeling.token_logprobs(
-                            self.model, ids, attn, mask, with_entropy=epoch == 0
+                            self.model,
+                            ids,
+                            attn,
+                            mask,
+                            with_entropy=epoch == 0 or cfg.entropy_coef > 0,
+                            entropy_grad=cfg.entropy_coef > 0,
                         )
                     old = old_lp[idx].to(self.device) if old_lp is not None else lp.detach()
                     pg, clipped = compute_policy_loss(
-                        lp, old, adv_tok[idx].to(self.device), cfg.clip_ratio_low, cfg.clip_ratio_high
+                        lp,
+                        old,
+                        adv_tok[idx].to(self.device),
+                        cfg.clip_ratio_low,
+                        cfg.clip_ratio_high,
+                        cfg.clip_ratio_c,
                     )
                     token_loss = pg
                     kl = None
                     if ref is not None:
                         kl = kl_penalty(lp, ref[idx].to(self.device), cfg.kl_estimator)
-                        token_loss = pg + cfg.kl_coef * kl
+                        token_loss = token_loss + kl_coef * kl
+                    if cfg.entropy_coef > 0:
+                        token_loss = token_loss - cfg.entropy_coef * entropy
                     select = mask[:, 1:]
                     dense = torch.zeros(select.shape, dtype=token_loss.dtype, device=self.device)
                     dense[select] = token_loss
@@ -120,8 +133,7 @@ class ActorLearner:
                         sums["clip_frac"] += float(clipped.sum())
                         if kl is not None:
                             sums["kl"] += float(kl.detach().sum())
-                        if entropy is not None:
-                            sums["entropy"] += float(entropy.sum())
+                        sums["entropy"] += float(entropy.detach().sum())
                         gap = (lp.detach().float().cpu() - rollout_lp[idx]).abs()
                         sums["logprob_gap"] += float(gap.sum())
                         seen_tokens += len(idx)
@@ -195,13 +207,3 @@ class ActorLearner:
         with torch.no_grad():
             lp, _ = modeling.token_logprobs(self.model, ids, torch.ones_like(ids), mask)
         return lp.float().cpu().tolist()
-
-
-def _masked_values(batch: pa.Table, column: str, expected: int) -> torch.Tensor:
-    """Flat values of a per-token column at the trainable positions, in table order."""
-    values = batch.column(column).combine_chunks().values.to_numpy(zero_copy_only=False)
-    mask = batch.column("loss_mask").combine_chunks().values.to_numpy(zero_copy_only=False).astype(bool)
-    out = torch.from_numpy(values[mask].astype(np.float32))
-    if out.numel() != expected:
-        raise ValueError(f"column {column!r} has {out.numel()} trainable values, expected {expected}")
-    return out

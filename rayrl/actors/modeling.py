@@ -109,6 +109,7 @@ def token_logprobs(
     attention_mask: torch.Tensor,
     loss_mask: torch.Tensor,
     with_entropy: bool = False,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the tokens where `loss_mask` is set, flattened row by row.
 
@@ -116,6 +117,7 @@ def token_logprobs(
         model: a Hugging Face causal LM.
         input_ids / attention_mask / loss_mask: (B, T); loss_mask[b, t] marks tokens to score.
         with_entropy: also return the predictive entropy at those positions.
+        entropy_grad: keep the entropy in the autograd graph (for an entropy bonus).
     """
     hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     # Position t-1 predicts token t; the first token is never scored.
@@ -127,7 +129,7 @@ def token_logprobs(
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     entropy = None
     if with_entropy:
-        with torch.no_grad():
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logp, entropy
 
@@ -144,3 +146,31 @@ def batch_logprobs(
             lp, _ = token_logprobs(model, ids, attn, mask)
         out[batch.flat_index(rows)] = lp.float().cpu().numpy()
     return out
+
+
+def trainable_values(batch: pa.Table, column: str) -> np.ndarray:
+    """Flat float32 values of a per-token column at the trainable positions, in table order."""
+    values = batch.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    mask = batch.column("loss_mask").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(bool)
+    if len(values) != len(mask):
+        raise ValueError(f"column {column!r} is not aligned with input_ids")
+    return values[mask].astype(np.float32)
+
+
+def with_token_columns(batch: pa.Table, columns: dict[str, np.ndarray]) -> pa.Table:
+    """`batch` plus per-token float32 columns aligned with input_ids, from flat arrays
+    over the trainable tokens (0 at every other position)."""
+    ids = batch.column("input_ids").combine_chunks()
+    mask = batch.column("loss_mask").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(bool)
+    offsets = pa.array(ids.offsets.to_numpy() - ids.offsets.to_numpy()[0], type=pa.int32())
+    for name, flat in columns.items():
+        flat = np.asarray(flat, dtype=np.float32)
+        if flat.shape != (int(mask.sum()),):
+            raise ValueError(f"{name}: {flat.shape[0]} values for {int(mask.sum())} trainable tokens")
+        dense = np.zeros(mask.shape[0], dtype=np.float32)
+        dense[mask] = flat
+        column = pa.ListArray.from_arrays(offsets, pa.array(dense, type=pa.float32()))
+        if name in batch.column_names:
+            batch = batch.drop_columns([name])
+        batch = batch.append_column(name, column)
+    return batch

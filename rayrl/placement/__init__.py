@@ -1,7 +1,7 @@
 """Where each role runs: placement groups built from the config.
 
 One bundle per role instance: rollout engines, the actor-learner, the reference
-and the agent loop. On a cluster with GPUs the model roles get GPU bundles; in
+(when there is a KL term), the critic (with GAE) and the agent loop. On a cluster with GPUs the model roles get GPU bundles; in
 local CPU mode every bundle is one logical CPU (the roles take turns on the real
 cores: rollout, then reference, then update). Role classes are plain; this module
 is the only place that wraps them with `ray.remote` and pins them to a bundle.
@@ -41,6 +41,8 @@ def plan_roles(config: ConfigStore, use_gpu: bool) -> list[RoleSpec]:
     ]
     if config.training.kl_coef > 0:
         roles.append(RoleSpec("reference", 1, 1.0, gpu))
+    if config.training.adv_estimator == "gae":
+        roles.append(RoleSpec("critic", 1, 1.0, gpu))
     roles.append(RoleSpec("agent_loop", 1, 1.0, 0.0))
     return roles
 

@@ -167,3 +167,49 @@ def test_seed_style_environment_instance_and_reward_callable(ray_local, tiny_mod
     assert history[0]["reward_mean"] == pytest.approx(bonus)
     assert history[0]["env_errors"] == 0
     assert history[0]["epoch"] == 1 and "total_loss" in history[0]
+
+
+@pytest.mark.parametrize(
+    ("training", "checks"),
+    [
+        (
+            {
+                "adv_estimator": "gae",
+                "kl_mode": "reward",
+                "ppo_epochs": 2,
+                "num_mini_batches": 2,
+                "lam": 0.95,
+            },
+            ("value_loss", "value_explained_var", "kl_reward", "critic_grad_norm"),
+        ),
+        (
+            {"adv_estimator": "rloo", "filter_groups": True, "entropy_coef": 0.01, "clip_ratio_high": 0.28},
+            ("kept_episodes", "filtered_episodes"),
+        ),
+        ({"adv_estimator": "reinforce_pp_baseline", "target_kl": 0.01}, ("kl_coef",)),
+    ],
+    ids=["ppo_gae_critic", "rloo_filtered", "reinforce_pp_baseline_adaptive_kl"],
+)
+def test_estimators_run_through_the_trainer(ray_local, tiny_model, tmp_path, training, checks):
+    config = tiny_config(
+        tiny_model,
+        training={"num_epochs": 2, "batch_size": 8, "group_size": 4, "micro_batch_size": 4, **training},
+        checkpoint={"run_dir": str(tmp_path), "run_name": "algo"},
+    )
+    trainer = RayPPOTrainer(config)
+    try:
+        history = trainer.fit()
+    finally:
+        trainer.cleanup()
+    assert [row["step"] for row in history] == [1, 2]
+    for row in history:
+        for key in checks:
+            assert key in row and row[key] == row[key]  # present and not NaN
+        assert row["weight_version"] == row["step"]
+    if training["adv_estimator"] == "gae":
+        assert (tmp_path / "algo" / "final" / "critic" / "value_head.pt").is_file()
+        assert history[0]["value_loss"] > 0
+    if training.get("filter_groups"):
+        assert all(r["kept_episodes"] + r["filtered_episodes"] == r["episodes"] for r in history)
+    if "target_kl" in training:
+        assert history[1]["kl_coef"] != history[0]["kl_coef"]  # adapted after step 1

@@ -69,9 +69,10 @@ def test_engine_matches_learner_after_an_update(pair):
             "rollout_logprobs": pa.array(
                 [[0.0] * 20 + before_learner[19:].tolist()], type=pa.list_(pa.float32())
             ),
+            "advantages": pa.array([[0.0] * 20 + [1.0] * 20], type=pa.list_(pa.float32())),
         }
     )
-    metrics = ray.get(learner.update.remote(batch, np.array([1.0]), None))
+    metrics = ray.get(learner.update.remote(batch))
     assert metrics["grad_norm"] > 0
 
     sent = sync(ray, engine, learner, version=1)

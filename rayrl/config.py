@@ -168,6 +168,15 @@ class TrainingConfig(_Section):
     loss_agg_mode: LossAgg = "token-mean"
     """How token losses are reduced to one number."""
 
+    strategy: Literal["torch", "deepspeed"] = "torch"
+    """Learner strategy: plain torch AdamW, or a DeepSpeed ZeRO engine (extra `deepspeed`)."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    """DeepSpeed ZeRO stage (strategy=deepspeed)."""
+
+    num_learners: int = Field(1, ge=1)
+    """Data-parallel actor-learner ranks (one bundle each); gradients are summed over them."""
+
     autocast_dtype: Literal["bfloat16", "float32"] = "bfloat16"
     """Mixed-precision dtype for learner and reference compute (weights stay float32)."""
 

@@ -131,6 +131,7 @@ class RayPPOTrainer:
         self._started_ray = False
         self._placement: placement.RolePlacement | None = None
         self.engines: list = []
+        self.learners: list = []  # data-parallel ranks; rank 0 also sends weights
         self.learner = None
         self.reference = None
         self.critic = None
@@ -158,7 +159,16 @@ class RayPPOTrainer:
             for i in range(cfg.inference.num_engines)
         ]
         engine_starts = [e.start.remote() for e in self.engines]
-        self.learner = p.spawn("learner", ActorLearner, model_path, cfg.training, cfg.inference.dtype)
+        n_learners = cfg.training.num_learners
+        self.learners = [
+            p.spawn(
+                "learner", ActorLearner, model_path, cfg.training, cfg.inference.dtype, r, n_learners, index=r
+            )
+            for r in range(n_learners)
+        ]
+        self.learner = self.learners[0]
+        dp_host, dp_port = ray.get(self.learner.sync_address.remote())
+        strategy_ready = [r.init_strategy.remote(dp_host, dp_port) for r in self.learners]
         if cfg.training.kl_coef > 0:
             self.reference = p.spawn("reference", ReferenceWorker, model_path, cfg.training)
         if ADVANTAGE_ESTIMATORS[cfg.training.adv_estimator].needs_critic:
@@ -196,6 +206,7 @@ class RayPPOTrainer:
             ]
         )
         ray.get(envs_ready)
+        ray.get(strategy_ready)
         ray.get([a.__ray_ready__.remote() for a in (self.reference, self.critic) if a is not None])
 
     # ---- the loop --------------------------------------------------------------
@@ -261,7 +272,7 @@ class RayPPOTrainer:
         # 4. update the critic and the policy (separate actors: they run side by side)
         t = time.perf_counter()
         critic_ref = self.critic.update.remote(train_ref) if self.critic else None
-        update = ray.get(self.learner.update.remote(train_ref, self.kl_ctl.value))
+        update = ray.get([r.update.remote(train_ref, self.kl_ctl.value) for r in self.learners])[0]
         if critic_ref is not None:
             update.update(ray.get(critic_ref))
         update["kl_coef"] = self.kl_ctl.value
@@ -286,7 +297,7 @@ class RayPPOTrainer:
 
     def save_checkpoint(self, path: str) -> str:
         """Save the policy (Hugging Face folder at `path`) and the critic (`path/critic`)."""
-        saves = [self.learner.save.remote(path)]
+        saves = [r.save.remote(path) for r in self.learners]
         if self.critic is not None:
             saves.append(self.critic.save.remote(str(Path(path) / "critic")))
         ray.get(saves)
@@ -296,7 +307,8 @@ class RayPPOTrainer:
         if self.learner is None or self.run is None:
             return
         try:
-            path = ray.get(self.learner.save.remote(self.run.checkpoint_path("interrupted")), timeout=300)
+            path = self.run.checkpoint_path("interrupted")
+            ray.get([r.save.remote(path) for r in self.learners], timeout=300)
             logger.warning("training stopped early; policy saved to %s", path)
         except Exception:  # noqa: BLE001 - the learner itself may be what failed
             logger.warning("training stopped early and the policy could not be saved", exc_info=True)
@@ -306,9 +318,10 @@ class RayPPOTrainer:
         receives = [
             e.receive_weights.remote(self.spec, DEFAULT_BUCKET_BYTES, self.version + 1) for e in self.engines
         ]
-        send = self.learner.broadcast_weights.remote(DEFAULT_BUCKET_BYTES)
+        sends = [r.broadcast_weights.remote(DEFAULT_BUCKET_BYTES) for r in self.learners]
+        send = sends[0]
         # Wait on both sides together so a failing receiver surfaces at once.
-        pending = [send, *receives]
+        pending = [*sends, *receives]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             ray.get(done)
@@ -393,7 +406,8 @@ class RayPPOTrainer:
         if self._placement is not None:
             self._placement.remove()
             self._placement = None
-        self.engines, self.learner, self.reference, self.critic, self.runner = [], None, None, None, None
+        self.engines, self.learners, self.learner = [], [], None
+        self.reference, self.critic, self.runner = None, None, None
         if self._started_ray:
             ray.shutdown()
             self._started_ray = False

@@ -1,13 +1,21 @@
 """Actor-learner role: owns the trainable policy, its optimizer, and the weight broadcast.
 
-Plain torch (float32 master weights, bf16 autocast, AdamW); the update is the PPO
-clipped objective (clip-higher, dual-clip) with an optional KL loss against the
-reference and an entropy bonus, aggregated over the trainable tokens of each
-mini-batch, with gradient accumulation over micro-batches. After an update the learner is rank 0 of the weight-sync group.
+float32 master weights with bf16 autocast; the update is the PPO clipped objective
+(clip-higher, dual-clip) with an optional KL loss against the reference and an
+entropy bonus, aggregated over the trainable tokens of each mini-batch with its
+global denominators, with gradient accumulation over micro-batches.
+
+The role is a group of `training.num_learners` data-parallel ranks, each a Ray
+actor; each rank trains on its share of every mini-batch and the strategy
+(`rayrl.actors.strategy`: torch or DeepSpeed ZeRO) sums gradients over ranks, so
+every rank takes the step one rank would take on the whole mini-batch. Rank 0 is
+also rank 0 of the weight-sync group. Methods that touch the model collectively
+(`init_strategy`, `update`, `broadcast_weights`, `save`) are called on every rank.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -17,6 +25,7 @@ import torch
 
 from rayrl import weight_sync
 from rayrl.actors import modeling
+from rayrl.actors.strategy import init_distributed, make_strategy
 from rayrl.algorithms import aggregate_loss, compute_policy_loss, kl_penalty
 from rayrl.config import TrainingConfig
 
@@ -35,20 +44,36 @@ class ActorLearner:
         model_path: str,
         config: TrainingConfig,
         sync_dtype: str = "bfloat16",
+        rank: int = 0,
+        world_size: int = 1,
     ):
         self.config = config
         self.model_path = model_path
-        modeling.set_threads(config.num_threads)
+        self.rank, self.world_size = rank, world_size
+        modeling.set_threads(config.num_threads or max(1, (os.cpu_count() or 1) // world_size))
         torch.manual_seed(config.seed)
         self.device = modeling.pick_device()
         self.model = modeling.load_causal_lm(model_path, self.device, trainable=True)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-        )
+        self.strategy = None
+        if config.strategy == "torch" and world_size == 1:
+            self.strategy = make_strategy(self.model, config, 1)
         self.sync_dtype = sync_dtype
+        # taken now: under ZeRO-3 the parameters are partitioned after init_strategy
+        self._spec = [
+            weight_sync.TensorSpec(name, tuple(p.shape), sync_dtype)
+            for name, p in self.model.named_parameters()
+        ]
         self.rng = np.random.default_rng(config.seed)
         self.version = 0
         self._group = None
+
+    def init_strategy(self, host: str, port: int) -> str:
+        """Join the learner group at rank 0's (host, port) and build the strategy (all ranks)."""
+        if self.strategy is None:
+            init_distributed(host, port, self.rank, self.world_size, self.device)
+            self.strategy = make_strategy(self.model, self.config, self.world_size)
+            self.model = self.strategy.module
+        return type(self.strategy).__name__
 
     # ---- training --------------------------------------------------------
     def update(self, batch: pa.Table, kl_coef: float | None = None) -> dict:
@@ -82,22 +107,23 @@ class ActorLearner:
                 )
             )
 
-        sums = {k: 0.0 for k in ("policy_loss", "kl", "clip_frac", "entropy", "logprob_gap")}
+        keys = ("policy_loss", "kl", "clip_frac", "entropy", "logprob_gap")
+        sums = dict.fromkeys(keys, 0.0)
         grad_norms, losses = [], []
         seen_tokens = 0
         self.model.train()
         for epoch in range(cfg.ppo_epochs):
-            order = self.rng.permutation(len(seqs))
+            order = self.rng.permutation(len(seqs))  # same seed on every rank: same split
             for mini in np.array_split(order, min(cfg.num_mini_batches, len(seqs))):
                 n_tok = float(seqs.token_counts[mini].sum())
-                self.optimizer.zero_grad(set_to_none=True)
+                self.strategy.zero_grad()
                 mini_loss = 0.0
-                for rows in seqs.micro_batches(mini, cfg.micro_batch_size):
+                micros = self._my_micro_batches(seqs, mini)
+                for k, (rows, weight) in enumerate(micros):
                     ids, attn, mask = seqs.padded(rows, self.device)
                     idx = torch.from_numpy(seqs.flat_index(rows))
                     with modeling.autocast(self.device, cfg.autocast_dtype):
-                        lp, entropy = modeling.token_logprobs(
-                            self.model,
+                        lp, entropy = self.strategy.forward(
                             ids,
                             attn,
                             mask,
@@ -123,10 +149,12 @@ class ActorLearner:
                     select = mask[:, 1:]
                     dense = torch.zeros(select.shape, dtype=token_loss.dtype, device=self.device)
                     dense[select] = token_loss
-                    loss = aggregate_loss(
+                    loss = weight * aggregate_loss(
                         dense, select, cfg.loss_agg_mode, num_tokens=n_tok, num_seqs=len(mini)
                     )
-                    loss.backward()
+                    self.strategy.backward(loss, last_micro_batch=k == len(micros) - 1)
+                    if weight == 0.0:
+                        continue  # a placeholder pass that keeps ranks in step (see below)
                     mini_loss += float(loss.detach())
                     if epoch == 0:
                         sums["policy_loss"] += float(pg.detach().sum())
@@ -137,11 +165,14 @@ class ActorLearner:
                         gap = (lp.detach().float().cpu() - rollout_lp[idx]).abs()
                         sums["logprob_gap"] += float(gap.sum())
                         seen_tokens += len(idx)
-                grad_norms.append(
-                    float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm))
-                )
-                self.optimizer.step()
+                grad_norms.append(self.strategy.step())
                 losses.append(mini_loss)
+        if self.world_size > 1:  # metrics over the whole batch, not this rank's share
+            local = torch.tensor([*(sums[k] for k in keys), seen_tokens, *losses], dtype=torch.float64)
+            torch.distributed.all_reduce(local)
+            sums = dict(zip(keys, local[: len(keys)].tolist(), strict=True))
+            seen_tokens = float(local[len(keys)])
+            losses = local[len(keys) + 1 :].tolist()
         denom = max(seen_tokens, 1)
         metrics = {k: v / denom for k, v in sums.items()}
         metrics.update(
@@ -152,13 +183,36 @@ class ActorLearner:
         )
         return metrics
 
+    def _my_micro_batches(
+        self, seqs: modeling.SequenceBatch, mini: np.ndarray
+    ) -> list[tuple[np.ndarray, float]]:
+        """This rank's micro-batches of mini-batch `mini`, as (rows, loss weight).
+
+        Rank r takes every world_size-th row. Ranks may end up with different numbers
+        of micro-batches (or none), but ZeRO-3's forward and every strategy's gradient
+        reduction are collectives that all ranks must enter equally often (and DeepSpeed
+        wants a fixed count per step), so a rank with fewer pads with weight-0 passes
+        over a row it already has (or any row).
+        """
+        size = self.config.micro_batch_size
+        shares = [mini[r :: self.world_size] for r in range(self.world_size)]
+        needed = max(-(-len(share) // size) for share in shares)
+        fixed = self.strategy.micro_batches_per_step
+        if fixed is not None:
+            if needed > fixed:
+                raise ValueError(
+                    f"mini-batch needs {needed} micro-batches per rank, the strategy takes {fixed}"
+                )
+            needed = fixed
+        micros = [(rows, 1.0) for rows in seqs.micro_batches(shares[self.rank], size)]
+        filler = shares[self.rank][:1] if len(shares[self.rank]) else mini[:1]
+        micros += [(filler, 0.0)] * (needed - len(micros))
+        return micros
+
     # ---- weight sync -----------------------------------------------------
     def weight_spec(self) -> weight_sync.WeightSpec:
         """Names, shapes and wire dtypes of the weights the engines receive."""
-        return [
-            weight_sync.TensorSpec(name, tuple(p.shape), self.sync_dtype)
-            for name, p in self.model.named_parameters()
-        ]
+        return list(self._spec)
 
     def sync_address(self) -> tuple[str, int]:
         """Rendezvous address for the weight-sync group, on this actor's node."""
@@ -174,30 +228,42 @@ class ActorLearner:
         return backend
 
     def broadcast_weights(self, bucket_bytes: int = weight_sync.DEFAULT_BUCKET_BYTES) -> dict:
-        """Send the current weights to every engine; returns bytes, seconds and version.
+        """Send the current weights to every engine (rank 0; the other ranks only take part
+        in the ZeRO-3 gather); returns bytes, seconds and version.
 
         Args:
             bucket_bytes: bucket size; the receivers must be given the same number.
         """
-        if self._group is None:
+        if self.rank == 0 and self._group is None:
             raise RuntimeError("init_weight_sync() has not run")
         t0 = time.perf_counter()
-        with torch.no_grad():
-            sent = weight_sync.send_weights(
-                self._group, self.model.named_parameters(), self.weight_spec(), bucket_bytes, self.device
-            )
+        sent = 0
+        with torch.no_grad(), self.strategy.full_parameters():
+            if self.rank == 0:
+                sent = weight_sync.send_weights(
+                    self._group, self.model.named_parameters(), self._spec, bucket_bytes, self.device
+                )
         self.version += 1
         return {"bytes": sent, "seconds": time.perf_counter() - t0, "version": self.version}
 
     # ---- checkpoints -----------------------------------------------------
     def save(self, path: str) -> str:
-        """Save the policy and tokenizer in Hugging Face format (vLLM can serve it)."""
+        """Save the policy and tokenizer in Hugging Face format (vLLM can serve it); rank 0
+        writes, every rank takes part in the ZeRO-3 gather."""
         from transformers import AutoTokenizer
 
-        Path(path).mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path, safe_serialization=True)
-        AutoTokenizer.from_pretrained(self.model_path).save_pretrained(path)
+        with torch.no_grad(), self.strategy.full_parameters():
+            if self.rank == 0:
+                Path(path).mkdir(parents=True, exist_ok=True)
+                self.model.save_pretrained(path, safe_serialization=True)
+                AutoTokenizer.from_pretrained(self.model_path).save_pretrained(path)
         return path
+
+    def flat_parameters(self) -> np.ndarray:
+        """Every weight, concatenated in float32 (for checks; call on every rank: under
+        ZeRO-3 the gather is a collective)."""
+        with torch.no_grad(), self.strategy.full_parameters():
+            return torch.cat([p.detach().float().flatten().cpu() for p in self.model.parameters()]).numpy()
 
     def sequence_logprobs(self, token_ids: list[int]) -> list[float]:
         """Log-prob of every token after the first under the current policy (float32, for checks)."""

@@ -134,6 +134,22 @@ def token_logprobs(
     return logp, entropy
 
 
+class TokenLogprobs(torch.nn.Module):
+    """A causal LM as one module whose forward is `token_logprobs`.
+
+    Training strategies run their forward through this wrapper, so that an engine
+    around it (DeepSpeed's) sees every forward pass: ZeRO-3 counts micro-batches in
+    the engine's forward and would otherwise overwrite accumulated gradients.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, loss_mask, with_entropy=False, entropy_grad=False):
+        return token_logprobs(self.model, input_ids, attention_mask, loss_mask, with_entropy, entropy_grad)
+
+
 @torch.no_grad()
 def batch_logprobs(
     model, batch: SequenceBatch, micro_batch_size: int, device: torch.device, autocast_dtype: str

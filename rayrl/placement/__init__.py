@@ -37,7 +37,7 @@ def plan_roles(config: ConfigStore, use_gpu: bool) -> list[RoleSpec]:
     gpu = 1.0 if use_gpu else 0.0
     roles = [
         RoleSpec("rollout", config.inference.num_engines, 1.0, gpu),
-        RoleSpec("learner", 1, 1.0, gpu),
+        RoleSpec("learner", config.training.num_learners, 1.0, gpu),
     ]
     if config.training.kl_coef > 0:
         roles.append(RoleSpec("reference", 1, 1.0, gpu))

@@ -187,8 +187,12 @@ def test_seed_style_environment_instance_and_reward_callable(ray_local, tiny_mod
             ("kept_episodes", "filtered_episodes"),
         ),
         ({"adv_estimator": "reinforce_pp_baseline", "target_kl": 0.01}, ("kl_coef",)),
+        (
+            {"adv_estimator": "grpo", "strategy": "deepspeed", "zero_stage": 3, "num_learners": 2},
+            ("grad_norm",),
+        ),
     ],
-    ids=["ppo_gae_critic", "rloo_filtered", "reinforce_pp_baseline_adaptive_kl"],
+    ids=["ppo_gae_critic", "rloo_filtered", "reinforce_pp_baseline_adaptive_kl", "grpo_zero3_two_ranks"],
 )
 def test_estimators_run_through_the_trainer(ray_local, tiny_model, tmp_path, training, checks):
     config = tiny_config(
@@ -211,5 +215,7 @@ def test_estimators_run_through_the_trainer(ray_local, tiny_model, tmp_path, tra
         assert history[0]["value_loss"] > 0
     if training.get("filter_groups"):
         assert all(r["kept_episodes"] + r["filtered_episodes"] == r["episodes"] for r in history)
+    if training.get("num_learners", 1) > 1:  # the final policy was gathered from the shards
+        assert (tmp_path / "algo" / "final" / "model.safetensors").stat().st_size > 1_000_000
     if "target_kl" in training:
         assert history[1]["kl_coef"] != history[0]["kl_coef"]  # adapted after step 1

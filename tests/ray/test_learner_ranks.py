@@ -1,0 +1,85 @@
+"""Data-parallel learner ranks on CPU (gloo): two ranks equal one rank on the same global batch."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from rayrl.actors.learner import ActorLearner
+from tests.conftest import make_config
+
+LR = 1e-3
+
+
+def global_batch() -> pa.Table:
+    """Seven sequences of different lengths (an odd count, so ranks get unequal shares)."""
+    rng = np.random.default_rng(0)
+    ids, masks, lps, advs = [], [], [], []
+    for i in range(7):
+        n_prompt, n_gen = 4 + i, 3 + 2 * i
+        ids.append(rng.integers(5, 1000, n_prompt + n_gen).tolist())
+        masks.append([0] * n_prompt + [1] * n_gen)
+        lps.append([0.0] * n_prompt + [-1.0] * n_gen)
+        advs.append([0.0] * n_prompt + [float(rng.normal())] * n_gen)
+    return pa.table(
+        {
+            "input_ids": pa.array(ids, type=pa.list_(pa.int32())),
+            "loss_mask": pa.array(masks, type=pa.list_(pa.int8())),
+            "rollout_logprobs": pa.array(lps, type=pa.list_(pa.float32())),
+            "advantages": pa.array(advs, type=pa.list_(pa.float32())),
+        }
+    )
+
+
+def train(ray, tiny_model, world: int, **training):
+    cfg = make_config(
+        model={"model_name": tiny_model},
+        training={
+            "learning_rate": LR,
+            "micro_batch_size": 2,
+            "num_mini_batches": 1,
+            "autocast_dtype": "float32",
+            "num_threads": 1,
+            "kl_coef": 0.0,
+            "batch_size": 8,
+            "num_learners": world,
+            **training,
+        },
+    ).training
+    cls = ray.remote(ActorLearner).options(num_cpus=0)
+    ranks = [cls.remote(tiny_model, cfg, "float32", r, world) for r in range(world)]
+    host, port = ray.get(ranks[0].sync_address.remote())
+    ray.get([r.init_strategy.remote(host, port) for r in ranks])
+    before = ray.get([r.flat_parameters.remote() for r in ranks])[0]  # a collective under ZeRO-3
+    batch = ray.put(global_batch())
+    metrics = ray.get([r.update.remote(batch) for r in ranks])
+    weights = ray.get([r.flat_parameters.remote() for r in ranks])
+    for r in ranks:
+        ray.kill(r)
+    return before, metrics, weights
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        {"strategy": "torch"},
+        {"strategy": "deepspeed", "zero_stage": 0},
+        {"strategy": "deepspeed", "zero_stage": 2},
+        {"strategy": "deepspeed", "zero_stage": 3},
+    ],
+    ids=["torch", "zero0", "zero2", "zero3"],
+)
+def test_two_ranks_match_one_rank_on_the_same_global_batch(ray_local, tiny_model, strategy):
+    before, one_metrics, (one,) = train(ray_local, tiny_model, 1, strategy="torch")
+    _, two_metrics, (rank0, rank1) = train(ray_local, tiny_model, 2, **strategy)
+    # both ranks took the identical step
+    np.testing.assert_array_equal(rank0, rank1)
+    # the summed gradient is the whole batch's: same norm, same loss, same token count
+    assert two_metrics[0]["grad_norm"] == pytest.approx(one_metrics[0]["grad_norm"], rel=1e-4)
+    assert two_metrics[0]["total_loss"] == pytest.approx(one_metrics[0]["total_loss"], rel=1e-4, abs=1e-7)
+    assert two_metrics[0]["train_tokens"] == one_metrics[0]["train_tokens"]
+    # and the same weights: Adam's first step moves each trained weight by about lr
+    moved = np.abs(one - before) > LR / 2
+    assert moved.sum() > 10_000
+    diff = np.abs(rank0 - one)
+    assert diff.max() <= 2.5 * LR
+    assert (diff > LR / 100).mean() < 1e-4  # only weights whose gradient is ~0 may flip

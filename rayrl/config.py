@@ -177,6 +177,18 @@ class TrainingConfig(_Section):
     num_learners: int = Field(1, ge=1)
     """Data-parallel actor-learner ranks (one bundle each); gradients are summed over them."""
 
+    lora_rank: int = Field(0, ge=0)
+    """LoRA rank (peft); 0 trains every weight. With LoRA the learner trains adapters and
+    sends the engines merged weights (W + scale * B @ A)."""
+
+    lora_alpha: float = Field(16.0, gt=0.0)
+    """LoRA alpha (scale = alpha / rank)."""
+
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Module names that get adapters."""
+
     autocast_dtype: Literal["bfloat16", "float32"] = "bfloat16"
     """Mixed-precision dtype for learner and reference compute (weights stay float32)."""
 
@@ -352,6 +364,11 @@ class ConfigStore(_Section):
             )
         if t.filter_groups and t.group_size < 2:
             raise ConfigError("training.filter_groups needs training.group_size >= 2")
+        if t.lora_rank and t.strategy == "deepspeed" and t.zero_stage == 3:
+            raise ConfigError(
+                "training.lora_rank with training.zero_stage=3 is not supported: merged LoRA weights "
+                "are built from whole base weights (use zero_stage 0-2, or the torch strategy)"
+            )
         if t.target_kl is not None and t.kl_coef == 0:
             raise ConfigError("training.target_kl adapts training.kl_coef, which is 0 (no reference)")
         if t.reward_fn is not None and not _IMPORT_PATH.match(t.reward_fn):

@@ -137,6 +137,7 @@ class RayPPOTrainer:
         self.critic = None
         self.runner = None
         self.kl_ctl = KLController(config.training.kl_coef, config.training.target_kl)
+        self.overlap_roles = False
         self.version = 0
         self.rng = random.Random(config.training.seed)
 
@@ -149,6 +150,10 @@ class RayPPOTrainer:
         # Bundle count is the same with or without GPUs; a local Ray needs that many CPUs.
         self._started_ray = init_ray(cfg, sum(r.count for r in placement.plan_roles(cfg, use_gpu=False)))
         use_gpu = placement.decide_gpu(cfg)
+        # On GPUs every model role has its own device and roles overlap; on CPU they share
+        # the cores, and two torch processes each using every core slow both down, so the
+        # reference and critic (and the critic and learner updates) take turns.
+        self.overlap_roles = use_gpu
         roles = placement.plan_roles(cfg, use_gpu)
         self._placement = placement.RolePlacement(roles, cfg.ray.placement_timeout_s)
         self.run = RunDirectory(cfg)
@@ -252,9 +257,11 @@ class RayPPOTrainer:
         stats = ray.get(stats_ref)
         times["rollout"] = time.perf_counter() - t
 
-        # 2. reference log-probs and critic values, read from the object store in parallel
+        # 2. reference log-probs and critic values, read from the object store
         t = time.perf_counter()
         ref_ref = self.reference.compute_logprobs.remote(batch_ref) if self.reference else None
+        if ref_ref is not None and not self.overlap_roles:
+            ray.wait([ref_ref], fetch_local=False)
         values_ref = self.critic.compute_values.remote(batch_ref) if self.critic else None
         pending = [r for r in (ref_ref, values_ref) if r is not None]
         if pending:
@@ -269,9 +276,11 @@ class RayPPOTrainer:
         score = ray.get(score_ref)
         times["score"] = time.perf_counter() - t
 
-        # 4. update the critic and the policy (separate actors: they run side by side)
+        # 4. update the critic and the policy
         t = time.perf_counter()
         critic_ref = self.critic.update.remote(train_ref) if self.critic else None
+        if critic_ref is not None and not self.overlap_roles:
+            ray.wait([critic_ref], fetch_local=False)
         update = ray.get([r.update.remote(train_ref, self.kl_ctl.value) for r in self.learners])[0]
         if critic_ref is not None:
             update.update(ray.get(critic_ref))

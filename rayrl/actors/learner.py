@@ -54,15 +54,19 @@ class ActorLearner:
         torch.manual_seed(config.seed)
         self.device = modeling.pick_device()
         self.model = modeling.load_causal_lm(model_path, self.device, trainable=True)
-        self.strategy = None
-        if config.strategy == "torch" and world_size == 1:
-            self.strategy = make_strategy(self.model, config, 1)
-        self.sync_dtype = sync_dtype
-        # taken now: under ZeRO-3 the parameters are partitioned after init_strategy
+        # taken now: names of the full model (before LoRA wraps it), and shapes that
+        # ZeRO-3 hides once it partitions the parameters in init_strategy
         self._spec = [
             weight_sync.TensorSpec(name, tuple(p.shape), sync_dtype)
             for name, p in self.model.named_parameters()
         ]
+        self.lora = config.lora_rank > 0
+        if self.lora:
+            self.model = _with_lora(self.model, config)
+        self.strategy = None
+        if config.strategy == "torch" and world_size == 1:
+            self.strategy = make_strategy(self.model, config, 1)
+        self.sync_dtype = sync_dtype
         self.rng = np.random.default_rng(config.seed)
         self.version = 0
         self._group = None
@@ -241,7 +245,7 @@ class ActorLearner:
         with torch.no_grad(), self.strategy.full_parameters():
             if self.rank == 0:
                 sent = weight_sync.send_weights(
-                    self._group, self.model.named_parameters(), self._spec, bucket_bytes, self.device
+                    self._group, self.full_weights(), self._spec, bucket_bytes, self.device
                 )
         self.version += 1
         return {"bytes": sent, "seconds": time.perf_counter() - t0, "version": self.version}
@@ -255,15 +259,44 @@ class ActorLearner:
         with torch.no_grad(), self.strategy.full_parameters():
             if self.rank == 0:
                 Path(path).mkdir(parents=True, exist_ok=True)
-                self.model.save_pretrained(path, safe_serialization=True)
+                if self.lora:  # a plain model with the adapters merged in, plus the adapters
+                    merged = {name: t.detach().clone() for name, t in self.full_weights()}
+                    self.model.get_base_model().save_pretrained(
+                        path, state_dict=merged, safe_serialization=True
+                    )
+                    self.model.save_pretrained(str(Path(path) / "adapter"))
+                else:
+                    self.model.save_pretrained(path, safe_serialization=True)
                 AutoTokenizer.from_pretrained(self.model_path).save_pretrained(path)
         return path
+
+    def full_weights(self):
+        """(name, tensor) of every weight of the full model, in `weight_spec` order; with
+        LoRA each adapted weight is merged on the fly (W + scale * B @ A), nothing in place."""
+        if not self.lora:
+            yield from self.model.named_parameters()
+            return
+        from peft.tuners.lora import LoraLayer
+
+        base = self.model.get_base_model()
+        deltas = {
+            f"{name}.base_layer.weight": module.get_delta_weight(adapter)
+            for name, module in base.named_modules()
+            if isinstance(module, LoraLayer)
+            for adapter in module.active_adapters
+        }
+        for name, param in base.named_parameters():
+            if ".lora_" in name:
+                continue
+            merged = param + deltas[name] if name in deltas else param
+            yield name.replace(".base_layer", ""), merged
 
     def flat_parameters(self) -> np.ndarray:
         """Every weight, concatenated in float32 (for checks; call on every rank: under
         ZeRO-3 the gather is a collective)."""
         with torch.no_grad(), self.strategy.full_parameters():
-            return torch.cat([p.detach().float().flatten().cpu() for p in self.model.parameters()]).numpy()
+            flat = [t.detach().float().flatten().cpu() for _, t in self.full_weights()]
+            return torch.cat(flat).numpy()
 
     def sequence_logprobs(self, token_ids: list[int]) -> list[float]:
         """Log-prob of every token after the first under the current policy (float32, for checks)."""
@@ -273,3 +306,17 @@ class ActorLearner:
         with torch.no_grad():
             lp, _ = modeling.token_logprobs(self.model, ids, torch.ones_like(ids), mask)
         return lp.float().cpu().tolist()
+
+
+def _with_lora(model, config: TrainingConfig):
+    """`model` wrapped by peft with trainable LoRA adapters (the base weights frozen)."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        target_modules=list(config.lora_target_modules),
+        lora_dropout=0.0,
+        bias="none",
+    )
+    return get_peft_model(model, lora)

@@ -191,8 +191,15 @@ def test_seed_style_environment_instance_and_reward_callable(ray_local, tiny_mod
             {"adv_estimator": "grpo", "strategy": "deepspeed", "zero_stage": 3, "num_learners": 2},
             ("grad_norm",),
         ),
+        ({"adv_estimator": "dr_grpo", "lora_rank": 4, "learning_rate": 1e-2}, ("grad_norm",)),
     ],
-    ids=["ppo_gae_critic", "rloo_filtered", "reinforce_pp_baseline_adaptive_kl", "grpo_zero3_two_ranks"],
+    ids=[
+        "ppo_gae_critic",
+        "rloo_filtered",
+        "reinforce_pp_baseline_adaptive_kl",
+        "grpo_zero3_two_ranks",
+        "dr_grpo_lora",
+    ],
 )
 def test_estimators_run_through_the_trainer(ray_local, tiny_model, tmp_path, training, checks):
     config = tiny_config(
@@ -217,5 +224,11 @@ def test_estimators_run_through_the_trainer(ray_local, tiny_model, tmp_path, tra
         assert all(r["kept_episodes"] + r["filtered_episodes"] == r["episodes"] for r in history)
     if training.get("num_learners", 1) > 1:  # the final policy was gathered from the shards
         assert (tmp_path / "algo" / "final" / "model.safetensors").stat().st_size > 1_000_000
+    if training.get("lora_rank"):  # a plain HF folder with the adapters merged in, and the adapters
+        from transformers import AutoModelForCausalLM
+
+        final = tmp_path / "algo" / "final"
+        assert (final / "adapter" / "adapter_config.json").is_file()
+        AutoModelForCausalLM.from_pretrained(final)
     if "target_kl" in training:
         assert history[1]["kl_coef"] != history[0]["kl_coef"]  # adapted after step 1

@@ -13,8 +13,10 @@ from rayrl.actors.rollout import RolloutWorker
 from rayrl.config import InferenceConfig, TrainingConfig
 
 
-@pytest.fixture(scope="module")
-def pair(ray_local, tiny_model):
+@pytest.fixture(scope="module", params=[0, 8], ids=["full", "lora"])
+def pair(ray_local, tiny_model, request):
+    """An engine and a learner joined for sync; the learner trains every weight, or LoRA
+    adapters (rank 8) whose merged weights the sync sends."""
     ray = ray_local
     engine = (
         ray.remote(RolloutWorker)
@@ -26,7 +28,15 @@ def pair(ray_local, tiny_model):
         ray.remote(ActorLearner)
         .options(num_cpus=1)
         .remote(
-            tiny_model, TrainingConfig(learning_rate=1e-2, autocast_dtype="float32", kl_coef=0.0), "float32"
+            tiny_model,
+            TrainingConfig(
+                learning_rate=1e-2,
+                autocast_dtype="float32",
+                kl_coef=0.0,
+                lora_rank=request.param,
+                lora_alpha=64.0,
+            ),
+            "float32",
         )
     )
     ray.get(started)

@@ -280,6 +280,10 @@ class RayConfig(_Section):
     use_gpu: Literal["auto", "yes", "no"] = "auto"
     """GPU bundles when the cluster has GPUs ("auto"), always, or never."""
 
+    colocate_models: bool = False
+    """Colocation: the reference and the critic share the learner's first bundle (on GPUs,
+    one device holds the three models); False gives every role bundles of its own."""
+
     include_dashboard: bool = True
     """Start the Ray Dashboard with a local Ray (127.0.0.1:8265)."""
 

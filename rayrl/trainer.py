@@ -148,7 +148,7 @@ class RayPPOTrainer:
         model_path = resolve_model(cfg.model.model_name, cfg.model.cache_dir)
         self.model_path = model_path
         # Bundle count is the same with or without GPUs; a local Ray needs that many CPUs.
-        self._started_ray = init_ray(cfg, sum(r.count for r in placement.plan_roles(cfg, use_gpu=False)))
+        self._started_ray = init_ray(cfg, placement.num_bundles(placement.plan_roles(cfg, use_gpu=False)))
         use_gpu = placement.decide_gpu(cfg)
         # On GPUs every model role has its own device and roles overlap; on CPU they share
         # the cores, and two torch processes each using every core slow both down, so the

@@ -1,7 +1,9 @@
 """Where each role runs: placement groups built from the config.
 
-One bundle per role instance: rollout engines, the actor-learner, the reference
-(when there is a KL term), the critic (with GAE) and the agent loop. On a cluster with GPUs the model roles get GPU bundles; in
+One bundle per role instance: rollout engines, the actor-learner ranks, the
+reference (when there is a KL term), the critic (with GAE) and the agent loop. With
+`ray.colocate_models` the reference and critic instead share the learner's first
+bundle, each actor asking for a fraction of it (a third of a GPU each, say). On a cluster with GPUs the model roles get GPU bundles; in
 local CPU mode every bundle is one logical CPU (the roles take turns on the real
 cores: rollout, then reference, then update). Role classes are plain; this module
 is the only place that wraps them with `ray.remote` and pins them to a bundle.
@@ -24,27 +26,45 @@ class PlacementError(RuntimeError):
 
 @dataclass(frozen=True)
 class RoleSpec:
-    """How many instances of a role, and what each bundle holds."""
+    """How many instances of a role, and what each of its actors asks for.
+
+    A role with `host` set has no bundles of its own: its actors live in the first
+    bundles of the host role (colocation), each asking for a share of the bundle.
+    """
 
     name: str
     count: int
     cpus: float
     gpus: float
+    host: str | None = None
 
 
 def plan_roles(config: ConfigStore, use_gpu: bool) -> list[RoleSpec]:
-    """Bundles each role needs for this config."""
+    """Roles and their resources for this config (separate or colocated models)."""
     gpu = 1.0 if use_gpu else 0.0
-    roles = [
-        RoleSpec("rollout", config.inference.num_engines, 1.0, gpu),
-        RoleSpec("learner", config.training.num_learners, 1.0, gpu),
-    ]
+    models = ["learner"]
     if config.training.kl_coef > 0:
-        roles.append(RoleSpec("reference", 1, 1.0, gpu))
+        models.append("reference")
     if config.training.adv_estimator == "gae":
-        roles.append(RoleSpec("critic", 1, 1.0, gpu))
+        models.append("critic")
+    roles = [RoleSpec("rollout", config.inference.num_engines, 1.0, gpu)]
+    if config.ray.colocate_models:
+        share = 1.0 / len(models)
+        for name in models:
+            count = config.training.num_learners if name == "learner" else 1
+            roles.append(RoleSpec(name, count, share, gpu * share, None if name == "learner" else "learner"))
+    else:
+        roles += [
+            RoleSpec(name, config.training.num_learners if name == "learner" else 1, 1.0, gpu)
+            for name in models
+        ]
     roles.append(RoleSpec("agent_loop", 1, 1.0, 0.0))
     return roles
+
+
+def num_bundles(roles: list[RoleSpec]) -> int:
+    """Bundles the layout reserves (colocated roles add none)."""
+    return sum(r.count for r in roles if r.host is None)
 
 
 def cluster_has_gpus() -> bool:
@@ -70,15 +90,21 @@ class RolePlacement:
     def __init__(self, roles: list[RoleSpec], timeout_s: float, strategy: str = "PACK"):
         self.roles = roles
         self.bundle_index: dict[str, list[int]] = {}
-        bundles = []
+        bundles: list[dict[str, float]] = []
         for role in roles:
+            if role.host is not None:
+                continue
             self.bundle_index[role.name] = []
             for _ in range(role.count):
                 self.bundle_index[role.name].append(len(bundles))
-                bundle = {"CPU": role.cpus}
+                bundles.append({})
+        for role in roles:  # a bundle holds what every actor placed in it asks for
+            if role.host is not None:
+                self.bundle_index[role.name] = self.bundle_index[role.host][: role.count]
+            for i in self.bundle_index[role.name]:
+                bundles[i]["CPU"] = bundles[i].get("CPU", 0.0) + role.cpus
                 if role.gpus:
-                    bundle["GPU"] = role.gpus
-                bundles.append(bundle)
+                    bundles[i]["GPU"] = bundles[i].get("GPU", 0.0) + role.gpus
         self.bundles = bundles
         self.pg: PlacementGroup = placement_group(bundles, strategy=strategy, name="rayrl")
         ready, _ = ray.wait([self.pg.ready()], timeout=timeout_s)
@@ -90,7 +116,9 @@ class RolePlacement:
         have = ray.cluster_resources()
         need_cpu = sum(b["CPU"] for b in self.bundles)
         need_gpu = sum(b.get("GPU", 0) for b in self.bundles)
-        layout = ", ".join(f"{r.name} x{r.count}" for r in self.roles)
+        layout = ", ".join(
+            f"{r.name} x{r.count}" + (f" in {r.host}'s bundle" if r.host else "") for r in self.roles
+        )
         parts = [f"needs {len(self.bundles)} bundles ({layout}): {need_cpu:g} CPU"]
         if need_gpu:
             parts.append(f"{need_gpu:g} GPU")

@@ -45,3 +45,28 @@ def test_missing_gpus_fail_with_an_explanation(ray_local):
     roles = placement.plan_roles(make_config(), use_gpu=True)
     with pytest.raises(placement.PlacementError, match=r"3 GPU.*cluster has \d+ CPU and 0 GPU"):
         placement.RolePlacement(roles, timeout_s=2)
+
+
+def test_colocated_models_share_the_learners_bundle(ray_local):
+    cfg = make_config(
+        training={"adv_estimator": "gae", "kl_coef": 0.01, "group_size": 1},
+        ray={"colocate_models": True},
+    )
+    gpu_roles = {r.name: r for r in placement.plan_roles(cfg, use_gpu=True)}
+    assert (gpu_roles["critic"].gpus, gpu_roles["critic"].host) == (pytest.approx(1 / 3), "learner")
+    assert (gpu_roles["learner"].gpus, gpu_roles["learner"].host) == (pytest.approx(1 / 3), None)
+    roles = placement.plan_roles(cfg, use_gpu=False)
+    assert placement.num_bundles(roles) == 3  # rollout, learner (+ reference + critic), agent loop
+    layout = placement.RolePlacement(roles, timeout_s=30)
+    try:
+        shared = layout.bundle_index["learner"][0]
+        assert layout.bundle_index["reference"] == layout.bundle_index["critic"] == [shared]
+        assert layout.bundles[shared]["CPU"] == pytest.approx(1.0)
+        actors = [layout.spawn(name, Echo, name) for name in ("learner", "reference", "critic")]
+        got = ray_local.get([a.get.remote() for a in actors])
+        assert [v for v, _ in got] == ["learner", "reference", "critic"]
+        assert {pg for _, pg in got} == {layout.pg.id.hex()}
+    finally:
+        layout.remove()
+    with pytest.raises(placement.PlacementError, match=r"critic x1 in learner's bundle.*: 3 CPU, 2 GPU"):
+        placement.RolePlacement(placement.plan_roles(cfg, use_gpu=True), timeout_s=2)

@@ -61,14 +61,14 @@ def score_batch(
     metrics: dict[str, float] = {}
     if config.kl_mode == "reward" and ref_logprobs is not None:
         policy, _ = pad_tokens(torch.from_numpy(trainable_values(batch, "rollout_logprobs")).double(), counts)
-        ref, _ = pad_tokens(torch.from_numpy(np.asarray(ref_logprobs)).double(), counts)
+        ref, _ = pad_tokens(torch.tensor(np.asarray(ref_logprobs), dtype=torch.float64), counts)
         token_rewards, kl = apply_kl_to_rewards(
             token_rewards, policy, ref, mask, kl_coef, config.kl_estimator
         )
         metrics["kl_reward"] = float(kl.sum() / mask.sum().clamp(min=1))
     padded_values = None
     if values is not None:
-        padded_values, _ = pad_tokens(torch.from_numpy(np.asarray(values)).double(), counts)
+        padded_values, _ = pad_tokens(torch.tensor(np.asarray(values), dtype=torch.float64), counts)
 
     inputs = AdvantageInputs(token_rewards, mask, groups, padded_values, config.gamma, config.lam)
     advantages, returns = compute_advantages(config.adv_estimator, inputs)
@@ -97,7 +97,7 @@ def score_batch(
     )
     if values is not None:
         ret = unpad_tokens(returns, mask)
-        val = torch.from_numpy(np.asarray(values)).double()
+        val = torch.tensor(np.asarray(values), dtype=torch.float64)
         var = ret.var() if ret.numel() > 1 else torch.tensor(0.0)
         metrics["value_explained_var"] = float(1 - (ret - val).var() / var) if var > 0 else 0.0
     return table, metrics

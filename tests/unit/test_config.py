@@ -37,11 +37,46 @@ def test_yaml_with_dotted_overrides(tmp_path):
         ("training.num_mini_batches=5", "training.num_mini_batches"),
         ("inference.backend=sglang", "inference.backend"),
         ("inference.max_tokens=600", "inference.max_model_len"),
+        ("training.adv_estimator=ppo", "training.adv_estimator"),
+        ("training.zero_stage=4", "training.zero_stage"),
+        ("critic.value_clip=-1", "critic.value_clip"),
+        ("environment.isolation=process", "environment.isolation"),
     ],
 )
 def test_bad_values_name_the_key(override, names):
     with pytest.raises(ConfigError, match=names.replace(".", r"\.")):
         ConfigStore.from_dict({}, [override])
+
+
+@pytest.mark.parametrize(
+    "overrides, names, fix",
+    [
+        (
+            ["training.adv_estimator=rloo", "training.group_size=1"],
+            "group_size",
+            "training.adv_estimator=gae",
+        ),
+        (["training.filter_groups=true", "training.group_size=2"], None, None),
+        (
+            ["training.filter_groups=true", "training.group_size=1", "training.adv_estimator=gae"],
+            "filter_groups",
+            "training.filter_groups=false",
+        ),
+        (["training.target_kl=0.1", "training.kl_coef=0"], "target_kl", "training.kl_coef=0.1"),
+        (
+            ["training.lora_rank=8", "training.strategy=deepspeed", "training.zero_stage=3"],
+            "lora_rank",
+            "training.zero_stage=2",
+        ),
+    ],
+)
+def test_impossible_algorithm_combinations_fail_early(overrides, names, fix):
+    if names is None:
+        ConfigStore.from_dict({}, overrides)
+        return
+    with pytest.raises(ConfigError, match=names):
+        ConfigStore.from_dict({}, overrides)
+    ConfigStore.from_dict({}, [*overrides, fix])  # and the fix the message points to works
 
 
 def test_assignment_is_validated_like_the_seed_api():

@@ -32,7 +32,7 @@ from rayrl.actors.critic import Critic
 from rayrl.actors.learner import ActorLearner
 from rayrl.actors.reference import ReferenceWorker
 from rayrl.actors.rollout import RolloutWorker
-from rayrl.actors.scoring import score_batch
+from rayrl.actors.scoring import Scorer
 from rayrl.algorithms import ADVANTAGE_ESTIMATORS, KLController
 from rayrl.config import ConfigStore
 from rayrl.envs.base import BaseEnvironment
@@ -94,11 +94,6 @@ def init_ray(config: ConfigStore, num_bundles: int) -> bool:
     return True
 
 
-# The scoring stage is a few vectorised passes over a few thousand floats: a task
-# that needs no CPU of its own (every CPU may be held by the role bundles).
-_score = ray.remote(num_cpus=0)(score_batch)
-
-
 class RayPPOTrainer:
     """Trains a policy with PPO-family updates on Ray actors (rollout, reference, critic,
     actor-learner, agent loop): PPO with a critic (`adv_estimator: gae`) or a critic-free
@@ -136,6 +131,7 @@ class RayPPOTrainer:
         self.reference = None
         self.critic = None
         self.runner = None
+        self.scorer = None
         self.kl_ctl = KLController(config.training.kl_coef, config.training.target_kl)
         self.overlap_roles = False
         self.version = 0
@@ -195,6 +191,9 @@ class RayPPOTrainer:
             cfg.training.batch_size,
             actor_options={"max_concurrency": 10_000},
         )
+        # Scoring is a few vectorised passes over a few thousand floats: an actor that
+        # needs no CPU of its own (every CPU may be held by the role bundles).
+        self.scorer = ray.remote(Scorer).options(num_cpus=0).remote()
         envs_ready = self.runner.ready.remote()  # environment actors start while the engines load
         ray.get(engine_starts)
 
@@ -270,7 +269,7 @@ class RayPPOTrainer:
 
         # 3. score: token rewards (KL penalty if kl_mode=reward), group filter, advantages
         t = time.perf_counter()
-        train_ref, score_ref = _score.options(num_returns=2).remote(
+        train_ref, score_ref = self.scorer.score.options(num_returns=2).remote(
             batch_ref, ref_ref, values_ref, t_cfg, self.kl_ctl.value
         )
         score = ray.get(score_ref)
@@ -416,7 +415,9 @@ class RayPPOTrainer:
             self._placement.remove()
             self._placement = None
         self.engines, self.learners, self.learner = [], [], None
-        self.reference, self.critic, self.runner = None, None, None
+        if self.scorer is not None:
+            ray.kill(self.scorer)
+        self.reference, self.critic, self.runner, self.scorer = None, None, None, None
         if self._started_ray:
             ray.shutdown()
             self._started_ray = False

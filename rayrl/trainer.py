@@ -6,7 +6,7 @@ rollout -> reference + values -> score (advantages) -> update (critic, actor) ->
 The driver holds actor handles and small numbers only. The rollout batch stays in
 the object store: the agent loop returns a reference to a pyarrow table; the
 reference and the critic read it directly and hand their per-token arrays to the
-scoring task as object references; the scoring task returns the training table
+scorer as object references; the scorer returns the training table
 (with per-token advantages) that the critic and the learner read. The driver only
 fetches per-episode stats and metrics.
 """

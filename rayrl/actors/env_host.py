@@ -16,7 +16,6 @@ a crash takes every episode with it.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 import ray
@@ -25,7 +24,7 @@ from ray.exceptions import RayActorError
 from rayrl.config import EnvironmentConfig
 from rayrl.envs import BaseEnvironment, make_environment
 
-logger = logging.getLogger(__name__)
+HOST_START_TIMEOUT_S = 300.0
 
 
 class EnvironmentFailure(RuntimeError):
@@ -101,6 +100,13 @@ class _ActorHandle(_Handle):
         self.actor = actor
 
     async def reset(self, task: Any) -> str:
+        # A host started on demand may still be booting: its start-up is not the
+        # environment's time, so it gets its own (generous) limit.
+        try:
+            await asyncio.wait_for(self.actor.__ray_ready__.remote(), HOST_START_TIMEOUT_S)
+        except (asyncio.TimeoutError, RayActorError) as err:
+            self.healthy = False
+            raise EnvironmentFailure(f"environment actor did not start: {type(err).__name__}") from None
         return await self._call("reset", self.actor.reset.remote(task))
 
     async def step(self, action: str):

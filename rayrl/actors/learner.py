@@ -107,7 +107,7 @@ class ActorLearner:
         if not on_policy:
             old_lp = torch.from_numpy(
                 modeling.batch_logprobs(
-                    self.model, seqs, cfg.micro_batch_size, self.device, cfg.autocast_dtype
+                    self.strategy.forward, seqs, cfg.micro_batch_size, self.device, cfg.autocast_dtype
                 )
             )
 

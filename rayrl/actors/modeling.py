@@ -152,14 +152,18 @@ class TokenLogprobs(torch.nn.Module):
 
 @torch.no_grad()
 def batch_logprobs(
-    model, batch: SequenceBatch, micro_batch_size: int, device: torch.device, autocast_dtype: str
+    forward, batch: SequenceBatch, micro_batch_size: int, device: torch.device, autocast_dtype: str
 ) -> np.ndarray:
-    """Flat float32 log-probs of every trainable token of `batch`, in table order."""
+    """Flat float32 log-probs of every trainable token of `batch`, in table order.
+
+    Args:
+        forward: a `TokenLogprobs` module (or an engine wrapping one).
+    """
     out = np.zeros(batch.num_tokens, dtype=np.float32)
     for rows in batch.micro_batches(np.arange(len(batch)), micro_batch_size):
         ids, attn, mask = batch.padded(rows, device)
         with autocast(device, autocast_dtype):
-            lp, _ = token_logprobs(model, ids, attn, mask)
+            lp, _ = forward(ids, attn, mask)
         out[batch.flat_index(rows)] = lp.float().cpu().numpy()
     return out
 

@@ -27,5 +27,9 @@ class ReferenceWorker:
         """Flat float32 reference log-probs of the batch's trainable tokens, in table order."""
         seqs = modeling.SequenceBatch(batch)
         return modeling.batch_logprobs(
-            self.model, seqs, self.config.micro_batch_size, self.device, self.config.autocast_dtype
+            modeling.TokenLogprobs(self.model),
+            seqs,
+            self.config.micro_batch_size,
+            self.device,
+            self.config.autocast_dtype,
         )

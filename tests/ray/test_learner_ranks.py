@@ -36,7 +36,6 @@ def train(ray, tiny_model, world: int, **training):
         training={
             "learning_rate": LR,
             "micro_batch_size": 2,
-            "num_mini_batches": 1,
             "autocast_dtype": "float32",
             "num_threads": 1,
             "kl_coef": 0.0,
@@ -65,11 +64,13 @@ def train(ray, tiny_model, world: int, **training):
         {"strategy": "deepspeed", "zero_stage": 0},
         {"strategy": "deepspeed", "zero_stage": 2},
         {"strategy": "deepspeed", "zero_stage": 3},
+        {"strategy": "deepspeed", "zero_stage": 3, "ppo_epochs": 2, "num_mini_batches": 2},
     ],
-    ids=["torch", "zero0", "zero2", "zero3"],
+    ids=["torch", "zero0", "zero2", "zero3", "zero3_two_epochs_two_minibatches"],
 )
 def test_two_ranks_match_one_rank_on_the_same_global_batch(ray_local, tiny_model, strategy):
-    before, one_metrics, (one,) = train(ray_local, tiny_model, 1, strategy="torch")
+    schedule = {k: strategy[k] for k in ("ppo_epochs", "num_mini_batches") if k in strategy}
+    before, one_metrics, (one,) = train(ray_local, tiny_model, 1, strategy="torch", **schedule)
     _, two_metrics, (rank0, rank1) = train(ray_local, tiny_model, 2, **strategy)
     # both ranks took the identical step
     np.testing.assert_array_equal(rank0, rank1)

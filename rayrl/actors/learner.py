@@ -29,6 +29,9 @@ from rayrl.actors.strategy import init_distributed, make_strategy
 from rayrl.algorithms import aggregate_loss, compute_policy_loss, kl_penalty
 from rayrl.config import TrainingConfig
 
+# Per-token metrics summed over the batch's trainable tokens (then divided by their count).
+_SUMMED = ("policy_loss", "kl", "clip_frac", "entropy", "logprob_gap")
+
 
 class ActorLearner:
     """Plain class; `rayrl.placement` wraps it as a Ray actor.
@@ -95,7 +98,7 @@ class ActorLearner:
         cfg = self.config
         kl_coef = cfg.kl_coef if kl_coef is None else kl_coef
         seqs = modeling.SequenceBatch(batch)
-        zero = dict.fromkeys(("policy_loss", "kl", "clip_frac", "entropy", "logprob_gap", "total_loss"), 0.0)
+        zero = dict.fromkeys((*_SUMMED, "total_loss"), 0.0)
         if len(seqs) == 0:  # every group filtered out: nothing to learn from this batch
             return {**zero, "grad_norm": 0.0, "train_tokens": 0, "sequences": 0}
         adv_tok = torch.from_numpy(modeling.trainable_values(batch, "advantages"))
@@ -111,7 +114,7 @@ class ActorLearner:
                 )
             )
 
-        keys = ("policy_loss", "kl", "clip_frac", "entropy", "logprob_gap")
+        keys = _SUMMED
         sums = dict.fromkeys(keys, 0.0)
         grad_norms, losses = [], []
         seen_tokens = 0

@@ -96,13 +96,17 @@ def compute_value_loss(
 
     Returns:
         (per-token loss, per-token 0/1 float showing where the clipped term was larger).
+        Only a value that left the clip range counts: where nothing was clamped the two
+        terms differ by rounding alone (old + (V - old) is not always V).
     """
     plain = (values - returns).square()
     if clip_range is None:
         return 0.5 * plain, torch.zeros_like(plain)
-    clipped_values = old_values + (values - old_values).clamp(-clip_range, clip_range)
+    delta = values - old_values
+    clipped_values = old_values + delta.clamp(-clip_range, clip_range)
     clipped = (clipped_values - returns).square()
-    return 0.5 * torch.maximum(plain, clipped), (clipped > plain).to(values.dtype)
+    active = (delta.abs() > clip_range) & (clipped > plain)
+    return 0.5 * torch.maximum(plain, clipped), active.to(values.dtype)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

@@ -203,6 +203,16 @@ def test_clipped_value_loss():
         vc = float(old[i]) + min(max(float(v[i] - old[i]), -eps), eps)
         want = 0.5 * max((float(v[i]) - float(ret[i])) ** 2, (vc - float(ret[i])) ** 2)
         assert float(loss[i]) == pytest.approx(want, rel=1e-12)
+        clamped = abs(float(v[i] - old[i])) > eps
+        assert float(frac[i]) == float(
+            clamped and (vc - float(ret[i])) ** 2 > (float(v[i]) - float(ret[i])) ** 2
+        )
+    assert 0 < float(frac.sum()) < 32
+    # inside the clip range nothing counts as clipped, whatever the rounding of old + (V - old)
+    v32, old32, ret32 = (torch.tensor(rng.normal(0, s, 4096), dtype=torch.float32) for s in (0.1, 0.1, 1))
+    keep = (v32 - old32).abs() <= eps
+    _, inside = compute_value_loss(v32[keep], old32[keep], ret32[keep], eps)
+    assert keep.sum() > 3000 and float(inside.sum()) == 0.0
     plain, _ = compute_value_loss(v, old, ret, None)
     assert plain.tolist() == pytest.approx((0.5 * (v - ret) ** 2).tolist())
 

@@ -177,6 +177,10 @@ class TrainingConfig(_Section):
     num_learners: int = Field(1, ge=1)
     """Data-parallel actor-learner ranks (one bundle each); gradients are summed over them."""
 
+    num_references: int = Field(1, ge=1)
+    """Reference ranks (one bundle each, when there is a KL term); each scores a block of
+    the batch's rows."""
+
     lora_rank: int = Field(0, ge=0)
     """LoRA rank (peft); 0 trains every weight. With LoRA the learner trains adapters and
     sends the engines merged weights (W + scale * B @ A)."""
@@ -220,6 +224,10 @@ class CriticConfig(_Section):
 
     max_grad_norm: float = Field(1.0, gt=0.0)
     """Gradient clipping norm."""
+
+    num_ranks: int = Field(1, ge=1)
+    """Data-parallel critic ranks (one bundle each), trained with `training.strategy` and
+    `training.zero_stage` like the actor-learner."""
 
 
 class EnvironmentConfig(_Section):
@@ -373,6 +381,16 @@ class ConfigStore(_Section):
                 "training.lora_rank with training.zero_stage=3 is not supported: merged LoRA weights "
                 "are built from whole base weights (use zero_stage 0-2, or the torch strategy)"
             )
+        if self.ray.colocate_models:
+            for key, count in (
+                ("training.num_references", t.num_references),
+                ("critic.num_ranks", self.critic.num_ranks),
+            ):
+                if count > t.num_learners:
+                    raise ConfigError(
+                        f"ray.colocate_models puts each of the {key}={count} ranks in a learner "
+                        f"rank's bundle, and there are only training.num_learners={t.num_learners}"
+                    )
         if t.target_kl is not None and t.kl_coef == 0:
             raise ConfigError("training.target_kl adapts training.kl_coef, which is 0 (no reference)")
         if t.reward_fn is not None and not _IMPORT_PATH.match(t.reward_fn):

@@ -128,8 +128,8 @@ class RayPPOTrainer:
         self.engines: list = []
         self.learners: list = []  # data-parallel ranks; rank 0 also sends weights
         self.learner = None
-        self.reference = None
-        self.critic = None
+        self.references: list = []  # each scores a block of rows
+        self.critics: list = []  # data-parallel ranks
         self.runner = None
         self.scorer = None
         self.kl_ctl = KLController(config.training.kl_coef, config.training.target_kl)
@@ -171,14 +171,24 @@ class RayPPOTrainer:
         dp_host, dp_port = ray.get(self.learner.sync_address.remote())
         strategy_ready = [r.init_strategy.remote(dp_host, dp_port) for r in self.learners]
         if cfg.training.kl_coef > 0:
-            self.reference = p.spawn("reference", ReferenceWorker, model_path, cfg.training)
+            n_refs = cfg.training.num_references
+            self.references = [
+                p.spawn("reference", ReferenceWorker, model_path, cfg.training, r, n_refs, index=r)
+                for r in range(n_refs)
+            ]
         if ADVANTAGE_ESTIMATORS[cfg.training.adv_estimator].needs_critic:
             critic_path = (
                 resolve_model(cfg.critic.model_name, cfg.model.cache_dir)
                 if cfg.critic.model_name
                 else model_path
             )
-            self.critic = p.spawn("critic", Critic, critic_path, cfg.training, cfg.critic)
+            n_critics = cfg.critic.num_ranks
+            self.critics = [
+                p.spawn("critic", Critic, critic_path, cfg.training, cfg.critic, r, n_critics, index=r)
+                for r in range(n_critics)
+            ]
+            c_host, c_port = ray.get(self.critics[0].dist_address.remote())
+            strategy_ready += [c.init_strategy.remote(c_host, c_port) for c in self.critics]
         self.runner = p.spawn(
             "agent_loop",
             EpisodeRunner,
@@ -211,7 +221,7 @@ class RayPPOTrainer:
         )
         ray.get(envs_ready)
         ray.get(strategy_ready)
-        ray.get([a.__ray_ready__.remote() for a in (self.reference, self.critic) if a is not None])
+        ray.get([a.__ray_ready__.remote() for a in self.references])
 
     # ---- the loop --------------------------------------------------------------
     def fit(self, num_epochs: int | None = None) -> list[dict[str, Any]]:
@@ -256,13 +266,14 @@ class RayPPOTrainer:
         stats = ray.get(stats_ref)
         times["rollout"] = time.perf_counter() - t
 
-        # 2. reference log-probs and critic values, read from the object store
+        # 2. reference log-probs and critic values (each rank a block of rows), read from
+        #    the object store
         t = time.perf_counter()
-        ref_ref = self.reference.compute_logprobs.remote(batch_ref) if self.reference else None
-        if ref_ref is not None and not self.overlap_roles:
-            ray.wait([ref_ref], fetch_local=False)
-        values_ref = self.critic.compute_values.remote(batch_ref) if self.critic else None
-        pending = [r for r in (ref_ref, values_ref) if r is not None]
+        ref_parts = [r.compute_logprobs.remote(batch_ref) for r in self.references]
+        if ref_parts and not self.overlap_roles:
+            ray.wait(ref_parts, num_returns=len(ref_parts), fetch_local=False)
+        value_parts = [c.compute_values.remote(batch_ref) for c in self.critics]
+        pending = ref_parts + value_parts
         if pending:
             ray.wait(pending, num_returns=len(pending), fetch_local=False)
         times["reference"] = time.perf_counter() - t
@@ -270,19 +281,19 @@ class RayPPOTrainer:
         # 3. score: token rewards (KL penalty if kl_mode=reward), group filter, advantages
         t = time.perf_counter()
         train_ref, score_ref = self.scorer.score.options(num_returns=2).remote(
-            batch_ref, ref_ref, values_ref, t_cfg, self.kl_ctl.value
+            batch_ref, ref_parts, value_parts, t_cfg, self.kl_ctl.value
         )
         score = ray.get(score_ref)
         times["score"] = time.perf_counter() - t
 
         # 4. update the critic and the policy
         t = time.perf_counter()
-        critic_ref = self.critic.update.remote(train_ref) if self.critic else None
-        if critic_ref is not None and not self.overlap_roles:
-            ray.wait([critic_ref], fetch_local=False)
+        critic_refs = [c.update.remote(train_ref) for c in self.critics]
+        if critic_refs and not self.overlap_roles:
+            ray.wait(critic_refs, num_returns=len(critic_refs), fetch_local=False)
         update = ray.get([r.update.remote(train_ref, self.kl_ctl.value) for r in self.learners])[0]
-        if critic_ref is not None:
-            update.update(ray.get(critic_ref))
+        if critic_refs:
+            update.update(ray.get(critic_refs)[0])
         update["kl_coef"] = self.kl_ctl.value
         self.kl_ctl.update(update.get("kl", 0.0) or score.get("kl_reward", 0.0), t_cfg.batch_size)
         times["update"] = time.perf_counter() - t
@@ -306,8 +317,7 @@ class RayPPOTrainer:
     def save_checkpoint(self, path: str) -> str:
         """Save the policy (Hugging Face folder at `path`) and the critic (`path/critic`)."""
         saves = [r.save.remote(path) for r in self.learners]
-        if self.critic is not None:
-            saves.append(self.critic.save.remote(str(Path(path) / "critic")))
+        saves += [c.save.remote(str(Path(path) / "critic")) for c in self.critics]
         ray.get(saves)
         return path
 
@@ -417,7 +427,7 @@ class RayPPOTrainer:
         self.engines, self.learners, self.learner = [], [], None
         if self.scorer is not None:
             ray.kill(self.scorer)
-        self.reference, self.critic, self.runner, self.scorer = None, None, None, None
+        self.references, self.critics, self.runner, self.scorer = [], [], None, None
         if self._started_ray:
             ray.shutdown()
             self._started_ray = False

@@ -15,6 +15,14 @@ import pyarrow as pa
 import torch
 
 from rayrl.actors import modeling
+from rayrl.actors.strategy import (
+    OptimizerSettings,
+    init_distributed,
+    make_strategy,
+    rank_micro_batches,
+    rendezvous_address,
+    sum_over_ranks,
+)
 from rayrl.algorithms import compute_value_loss
 from rayrl.config import CriticConfig, TrainingConfig
 
@@ -41,81 +49,139 @@ class ValueModel(torch.nn.Module):
 class Critic:
     """Plain class; `rayrl.placement` wraps it as a Ray actor.
 
+    The role is a group of `critic.num_ranks` data-parallel ranks trained by the same
+    strategy as the actor-learner (`training.strategy`, torch or DeepSpeed ZeRO), with
+    its own process group. `compute_values` gives each rank a contiguous block of rows;
+    `update` splits every mini-batch over the ranks and sums their gradients. Call
+    `init_strategy`, `compute_values`, `update` and `save` on every rank.
+
     Args:
         model_path: local Hugging Face folder of the backbone.
-        training: the `training` section (micro-batches, PPO epochs, autocast, threads).
+        training: the `training` section (strategy, micro-batches, PPO epochs, autocast, threads).
         config: the `critic` section.
+        rank / world_size: this rank and the group's size.
     """
 
-    def __init__(self, model_path: str, training: TrainingConfig, config: CriticConfig):
+    def __init__(
+        self,
+        model_path: str,
+        training: TrainingConfig,
+        config: CriticConfig,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.training = training
         self.config = config
+        self.rank, self.world_size = rank, world_size
         modeling.set_threads(training.num_threads)
-        torch.manual_seed(training.seed)
+        torch.manual_seed(training.seed)  # every rank starts from the same value head
         self.device = modeling.pick_device()
         self.model = ValueModel(model_path).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate)
-        self.rng = np.random.default_rng(training.seed + 1)
+        self.strategy = None
+        if training.strategy == "torch" and world_size == 1:
+            self.strategy = self._make_strategy()
+        self.rng = np.random.default_rng(training.seed + 1)  # same mini-batch split on every rank
 
-    @torch.no_grad()
+    def dist_address(self) -> tuple[str, int]:
+        """Rendezvous address of the critic group (called on rank 0)."""
+        return rendezvous_address()
+
+    def init_strategy(self, host: str, port: int) -> str:
+        """Join the critic group at rank 0's (host, port) and build the strategy (all ranks)."""
+        if self.strategy is None:
+            init_distributed(host, port, self.rank, self.world_size, self.device)
+            self.strategy = self._make_strategy()
+        return type(self.strategy).__name__
+
+    def _make_strategy(self):
+        optim = OptimizerSettings(
+            self.config.learning_rate, self.training.weight_decay, self.config.max_grad_norm
+        )
+        return make_strategy(self.model, optim, self.training, self.world_size)
+
     def compute_values(self, batch: pa.Table) -> np.ndarray:
-        """Flat float32 values of the batch's trainable tokens, in table order."""
+        """Flat float32 values of the trainable tokens of this rank's block of rows
+        (`modeling.row_shard`), in table order."""
         seqs = modeling.SequenceBatch(batch)
-        out = np.zeros(seqs.num_tokens, dtype=np.float32)
+        rows = modeling.row_shard(len(seqs), self.rank, self.world_size)
+        num_passes = None
+        if getattr(self.strategy, "stage", None) == 3:  # the same number of passes on every rank
+            largest = len(modeling.row_shard(len(seqs), 0, self.world_size))
+            num_passes = -(-largest // self.training.micro_batch_size)
         self.model.eval()
-        for rows in seqs.micro_batches(np.arange(len(seqs)), self.training.micro_batch_size):
-            ids, attn, mask = seqs.padded(rows, self.device)
-            with modeling.autocast(self.device, self.training.autocast_dtype):
-                values = self.model(ids, attn, mask)
-            out[seqs.flat_index(rows)] = values.float().cpu().numpy()
-        return out
+        return modeling.batch_logprobs(
+            self.strategy.forward,
+            seqs,
+            self.training.micro_batch_size,
+            self.device,
+            self.training.autocast_dtype,
+            rows=rows,
+            num_passes=num_passes,
+        )
 
     def update(self, batch: pa.Table) -> dict:
-        """PPO epochs of clipped value regression onto `returns`; returns metrics."""
+        """PPO epochs of clipped value regression onto `returns`; returns metrics of the
+        whole batch (every rank returns the same)."""
         t = self.training
         seqs = modeling.SequenceBatch(batch)
         if len(seqs) == 0:
             return {"value_loss": 0.0, "value_clip_frac": 0.0, "critic_grad_norm": 0.0}
         returns = torch.from_numpy(modeling.trainable_values(batch, "returns"))
         old_values = torch.from_numpy(modeling.trainable_values(batch, "old_values"))
-        losses, clip_fracs, norms = [], [], []
+        losses, norms = [], []
+        clipped = 0.0
         self.model.train()
         for _ in range(t.ppo_epochs):
             order = self.rng.permutation(len(seqs))
             for mini in np.array_split(order, min(t.num_mini_batches, len(seqs))):
                 n_tok = float(seqs.token_counts[mini].sum())
-                self.optimizer.zero_grad(set_to_none=True)
-                mini_loss, clipped = 0.0, 0.0
-                for rows in seqs.micro_batches(mini, t.micro_batch_size):
+                self.strategy.zero_grad()
+                mini_loss = 0.0
+                micros = rank_micro_batches(
+                    seqs,
+                    mini,
+                    t.micro_batch_size,
+                    self.rank,
+                    self.world_size,
+                    self.strategy.micro_batches_per_step,
+                )
+                for k, (rows, weight) in enumerate(micros):
                     ids, attn, mask = seqs.padded(rows, self.device)
                     idx = torch.from_numpy(seqs.flat_index(rows))
                     with modeling.autocast(self.device, t.autocast_dtype):
-                        values = self.model(ids, attn, mask)
+                        values = self.strategy.forward(ids, attn, mask)
                     token_loss, was_clipped = compute_value_loss(
                         values,
                         old_values[idx].to(self.device),
                         returns[idx].to(self.device),
                         self.config.value_clip,
                     )
-                    loss = token_loss.sum() / max(n_tok, 1.0)
-                    loss.backward()
+                    loss = weight * token_loss.sum() / max(n_tok, 1.0)
+                    self.strategy.backward(loss, last_micro_batch=k == len(micros) - 1)
                     mini_loss += float(loss.detach())
-                    clipped += float(was_clipped.sum())
-                norms.append(
-                    float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm))
-                )
-                self.optimizer.step()
+                    clipped += weight * float(was_clipped.sum())
+                norms.append(self.strategy.step())
                 losses.append(mini_loss)
-                clip_fracs.append(clipped / max(n_tok, 1.0))
+        total = sum_over_ranks([clipped, *losses], self.world_size)
+        tokens = seqs.num_tokens * t.ppo_epochs
         return {
-            "value_loss": float(np.mean(losses)),
-            "value_clip_frac": float(np.mean(clip_fracs)),
+            "value_loss": float(np.mean(total[1:])),
+            "value_clip_frac": total[0] / max(tokens, 1),
             "critic_grad_norm": float(np.mean(norms)),
         }
 
     def save(self, path: str) -> str:
-        """Save the backbone (Hugging Face format) and the value head (`value_head.pt`)."""
-        Path(path).mkdir(parents=True, exist_ok=True)
-        self.model.backbone.save_pretrained(path, safe_serialization=True)
-        torch.save(self.model.value_head.state_dict(), Path(path) / "value_head.pt")
+        """Save the backbone (Hugging Face format) and the value head (`value_head.pt`);
+        rank 0 writes, every rank takes part in the ZeRO-3 gather."""
+        with torch.no_grad(), self.strategy.full_parameters():
+            if self.rank == 0:
+                Path(path).mkdir(parents=True, exist_ok=True)
+                self.model.backbone.save_pretrained(path, safe_serialization=True)
+                head = {k: v.detach().clone() for k, v in self.model.value_head.state_dict().items()}
+                torch.save(head, Path(path) / "value_head.pt")
         return path
+
+    def flat_parameters(self) -> np.ndarray:
+        """Every weight, concatenated in float32 (for checks; a collective under ZeRO-3)."""
+        with torch.no_grad(), self.strategy.full_parameters():
+            return torch.cat([p.detach().float().flatten().cpu() for p in self.model.parameters()]).numpy()

@@ -25,7 +25,14 @@ import torch
 
 from rayrl import weight_sync
 from rayrl.actors import modeling
-from rayrl.actors.strategy import init_distributed, make_strategy
+from rayrl.actors.strategy import (
+    OptimizerSettings,
+    init_distributed,
+    make_strategy,
+    rank_micro_batches,
+    rendezvous_address,
+    sum_over_ranks,
+)
 from rayrl.algorithms import aggregate_loss, compute_policy_loss, kl_penalty
 from rayrl.config import TrainingConfig
 
@@ -68,7 +75,7 @@ class ActorLearner:
             self.model = _with_lora(self.model, config)
         self.strategy = None
         if config.strategy == "torch" and world_size == 1:
-            self.strategy = make_strategy(self.model, config, 1)
+            self.strategy = self._make_strategy()
         self.sync_dtype = sync_dtype
         self.rng = np.random.default_rng(config.seed)
         self.version = 0
@@ -78,9 +85,13 @@ class ActorLearner:
         """Join the learner group at rank 0's (host, port) and build the strategy (all ranks)."""
         if self.strategy is None:
             init_distributed(host, port, self.rank, self.world_size, self.device)
-            self.strategy = make_strategy(self.model, self.config, self.world_size)
-            self.model = self.strategy.module
+            self.strategy = self._make_strategy()
         return type(self.strategy).__name__
+
+    def _make_strategy(self):
+        c = self.config
+        optim = OptimizerSettings(c.learning_rate, c.weight_decay, c.max_grad_norm)
+        return make_strategy(modeling.TokenLogprobs(self.model), optim, c, self.world_size)
 
     # ---- training --------------------------------------------------------
     def update(self, batch: pa.Table, kl_coef: float | None = None) -> dict:
@@ -125,7 +136,14 @@ class ActorLearner:
                 n_tok = float(seqs.token_counts[mini].sum())
                 self.strategy.zero_grad()
                 mini_loss = 0.0
-                micros = self._my_micro_batches(seqs, mini)
+                micros = rank_micro_batches(
+                    seqs,
+                    mini,
+                    cfg.micro_batch_size,
+                    self.rank,
+                    self.world_size,
+                    self.strategy.micro_batches_per_step,
+                )
                 for k, (rows, weight) in enumerate(micros):
                     ids, attn, mask = seqs.padded(rows, self.device)
                     idx = torch.from_numpy(seqs.flat_index(rows))
@@ -174,12 +192,10 @@ class ActorLearner:
                         seen_tokens += len(idx)
                 grad_norms.append(self.strategy.step())
                 losses.append(mini_loss)
-        if self.world_size > 1:  # metrics over the whole batch, not this rank's share
-            local = torch.tensor([*(sums[k] for k in keys), seen_tokens, *losses], dtype=torch.float64)
-            torch.distributed.all_reduce(local)
-            sums = dict(zip(keys, local[: len(keys)].tolist(), strict=True))
-            seen_tokens = float(local[len(keys)])
-            losses = local[len(keys) + 1 :].tolist()
+        # metrics over the whole batch, not this rank's share
+        total = sum_over_ranks([*(sums[k] for k in keys), seen_tokens, *losses], self.world_size)
+        sums = dict(zip(keys, total[: len(keys)], strict=True))
+        seen_tokens, losses = total[len(keys)], total[len(keys) + 1 :]
         denom = max(seen_tokens, 1)
         metrics = {k: v / denom for k, v in sums.items()}
         metrics.update(
@@ -190,43 +206,14 @@ class ActorLearner:
         )
         return metrics
 
-    def _my_micro_batches(
-        self, seqs: modeling.SequenceBatch, mini: np.ndarray
-    ) -> list[tuple[np.ndarray, float]]:
-        """This rank's micro-batches of mini-batch `mini`, as (rows, loss weight).
-
-        Rank r takes every world_size-th row. Ranks may end up with different numbers
-        of micro-batches (or none), but ZeRO-3's forward and every strategy's gradient
-        reduction are collectives that all ranks must enter equally often (and DeepSpeed
-        wants a fixed count per step), so a rank with fewer pads with weight-0 passes
-        over a row it already has (or any row).
-        """
-        size = self.config.micro_batch_size
-        shares = [mini[r :: self.world_size] for r in range(self.world_size)]
-        needed = max(-(-len(share) // size) for share in shares)
-        fixed = self.strategy.micro_batches_per_step
-        if fixed is not None:
-            if needed > fixed:
-                raise ValueError(
-                    f"mini-batch needs {needed} micro-batches per rank, the strategy takes {fixed}"
-                )
-            needed = fixed
-        micros = [(rows, 1.0) for rows in seqs.micro_batches(shares[self.rank], size)]
-        filler = shares[self.rank][:1] if len(shares[self.rank]) else mini[:1]
-        micros += [(filler, 0.0)] * (needed - len(micros))
-        return micros
-
     # ---- weight sync -----------------------------------------------------
     def weight_spec(self) -> weight_sync.WeightSpec:
         """Names, shapes and wire dtypes of the weights the engines receive."""
         return list(self._spec)
 
     def sync_address(self) -> tuple[str, int]:
-        """Rendezvous address for the weight-sync group, on this actor's node."""
-        import ray
-
-        host = ray.util.get_node_ip_address()
-        return host, weight_sync.free_port(host)
+        """Rendezvous address for a group whose rank 0 is this actor (learner ranks, weight sync)."""
+        return rendezvous_address()
 
     def init_weight_sync(self, host: str, port: int, world_size: int) -> str:
         """Create the group as rank 0 (blocks until every engine worker joins)."""

@@ -152,20 +152,50 @@ class TokenLogprobs(torch.nn.Module):
 
 @torch.no_grad()
 def batch_logprobs(
-    forward, batch: SequenceBatch, micro_batch_size: int, device: torch.device, autocast_dtype: str
+    forward,
+    batch: SequenceBatch,
+    micro_batch_size: int,
+    device: torch.device,
+    autocast_dtype: str,
+    rows: np.ndarray | None = None,
+    num_passes: int | None = None,
 ) -> np.ndarray:
-    """Flat float32 log-probs of every trainable token of `batch`, in table order.
+    """Flat float32 per-token outputs of `forward` (log-probs, or a critic's values) for
+    the trainable tokens of `rows`, in table order.
 
     Args:
-        forward: a `TokenLogprobs` module (or an engine wrapping one).
+        forward: a `TokenLogprobs` or `ValueModel` (or an engine wrapping one).
+        rows: a contiguous ascending block of rows (see `row_shard`); default every row.
+        num_passes: make exactly this many forward passes, repeating a micro-batch whose
+            output is dropped when the rows need fewer (ZeRO-3's forward is a collective
+            that every rank enters equally often).
     """
-    out = np.zeros(batch.num_tokens, dtype=np.float32)
-    for rows in batch.micro_batches(np.arange(len(batch)), micro_batch_size):
-        ids, attn, mask = batch.padded(rows, device)
+    rows = np.arange(len(batch)) if rows is None else rows
+    base = int(batch.token_offsets[rows[0]]) if len(rows) else 0
+    out = np.zeros(int(batch.token_counts[rows].sum()), dtype=np.float32)
+    micros = batch.micro_batches(rows, micro_batch_size)
+    passes = [(m, True) for m in micros]
+    if num_passes is not None:
+        filler = micros[0] if micros else np.zeros(1, dtype=np.int64)
+        passes += [(filler, False)] * (num_passes - len(micros))
+    for micro, keep in passes:
+        ids, attn, mask = batch.padded(micro, device)
         with autocast(device, autocast_dtype):
-            lp, _ = forward(ids, attn, mask)
-        out[batch.flat_index(rows)] = lp.float().cpu().numpy()
+            result = forward(ids, attn, mask)
+        if keep:
+            values = result[0] if isinstance(result, tuple) else result
+            out[batch.flat_index(micro) - base] = values.float().cpu().numpy()
     return out
+
+
+def row_shard(num_rows: int, rank: int, world_size: int) -> np.ndarray:
+    """Rank `rank`'s contiguous block of `num_rows` rows (sizes differ by at most one).
+
+    Inference roles with several ranks (reference, critic values) each score one block;
+    as the flat per-token order is row-major, their flat outputs concatenated in rank
+    order are the whole batch's.
+    """
+    return np.array_split(np.arange(num_rows), world_size)[rank]
 
 
 def trainable_values(batch: pa.Table, column: str) -> np.ndarray:

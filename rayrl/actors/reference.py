@@ -1,4 +1,9 @@
-"""Reference role: the frozen initial policy, scoring rollouts for the KL term."""
+"""Reference role: the frozen initial policy, scoring rollouts for the KL term.
+
+The role is a group of `training.num_references` ranks; each scores a contiguous
+block of the batch's rows (`modeling.row_shard`) and the scorer concatenates their
+outputs in rank order. Inference only: the ranks share no process group.
+"""
 
 from __future__ import annotations
 
@@ -15,21 +20,26 @@ class ReferenceWorker:
     Args:
         model_path: local Hugging Face folder of the initial policy.
         config: the `training` section (micro-batch size, autocast, threads).
+        rank / world_size: which block of rows this rank scores, out of how many.
     """
 
-    def __init__(self, model_path: str, config: TrainingConfig):
+    def __init__(self, model_path: str, config: TrainingConfig, rank: int = 0, world_size: int = 1):
         self.config = config
+        self.rank, self.world_size = rank, world_size
         modeling.set_threads(config.num_threads)
         self.device = modeling.pick_device()
         self.model = modeling.load_causal_lm(model_path, self.device, trainable=False)
+        self.forward = modeling.TokenLogprobs(self.model)
 
     def compute_logprobs(self, batch: pa.Table) -> np.ndarray:
-        """Flat float32 reference log-probs of the batch's trainable tokens, in table order."""
+        """Flat float32 reference log-probs of the trainable tokens of this rank's block
+        of rows, in table order."""
         seqs = modeling.SequenceBatch(batch)
         return modeling.batch_logprobs(
-            modeling.TokenLogprobs(self.model),
+            self.forward,
             seqs,
             self.config.micro_batch_size,
             self.device,
             self.config.autocast_dtype,
+            rows=modeling.row_shard(len(seqs), self.rank, self.world_size),
         )

@@ -105,7 +105,28 @@ def score_batch(
 
 class Scorer:
     """Plain class wrapped as a CPU-less Ray actor: `score_batch` in a process that stays
-    up (as a Ray task it paid a fresh worker's torch import, ~1.5 s, on every step)."""
+    up (as a Ray task it paid a fresh worker's torch import, ~1.5 s, on every step).
 
-    def score(self, batch, ref_logprobs, values, config: TrainingConfig, kl_coef: float | None = None):
-        return score_batch(batch, ref_logprobs, values, config, kl_coef)
+    The reference and critic groups hand over one object reference per rank (each
+    rank's block of rows, in rank order), joined here into the batch's flat arrays.
+    """
+
+    def score(
+        self,
+        batch: pa.Table,
+        ref_parts: list | None,
+        value_parts: list | None,
+        config: TrainingConfig,
+        kl_coef: float | None = None,
+    ):
+        return score_batch(batch, _join(ref_parts), _join(value_parts), config, kl_coef)
+
+
+def _join(parts: list | None) -> np.ndarray | None:
+    """Concatenate per-rank flat arrays (object references are fetched)."""
+    if not parts:
+        return None
+    import ray
+
+    arrays = [ray.get(p) if isinstance(p, ray.ObjectRef) else p for p in parts]
+    return np.concatenate(arrays)

@@ -17,9 +17,13 @@ so the gradient the optimizer needs is the SUM over ranks of the local gradients
   Under ZeRO-3 parameters are partitioned: `full_parameters()` gathers them (every
   rank must enter it, since the gather is a collective) before a weight sync or save.
 
-Both expose `forward` (the policy's `token_logprobs`, through the engine when there
-is one) and `module` (the Hugging Face model, for saving and weight sync), and run
-the same code on CPU and GPU: the process-group backend follows the device.
+Strategies know nothing of the model they train: a role hands over the module whose
+forward it calls (the policy's `TokenLogprobs`, the critic's `ValueModel`) and its
+optimizer settings, and calls `strategy.forward` (through the engine when there is
+one). The same code runs on CPU and GPU: the process-group backend follows the device.
+
+A role with data-parallel ranks (the actor-learner, the critic) splits each
+mini-batch with `rank_micro_batches`, and sums its metrics with `sum_over_ranks`.
 """
 
 from __future__ import annotations
@@ -27,12 +31,33 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
-from rayrl.actors.modeling import TokenLogprobs
+from rayrl.actors.modeling import SequenceBatch
 from rayrl.config import TrainingConfig
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """AdamW and clipping settings of one trained role."""
+
+    learning_rate: float
+    weight_decay: float
+    max_grad_norm: float
+
+
+def rendezvous_address() -> tuple[str, int]:
+    """(host, free port) on this actor's node, for a process group whose rank 0 runs here."""
+    import ray
+
+    from rayrl.weight_sync import free_port
+
+    host = ray.util.get_node_ip_address()
+    return host, free_port(host)
 
 
 def init_distributed(host: str, port: int, rank: int, world_size: int, device: torch.device) -> None:
@@ -45,20 +70,58 @@ def init_distributed(host: str, port: int, rank: int, world_size: int, device: t
         dist.init_process_group(backend, rank=rank, world_size=world_size)
 
 
+def rank_micro_batches(
+    seqs: SequenceBatch,
+    rows: np.ndarray,
+    micro_batch_size: int,
+    rank: int,
+    world_size: int,
+    fixed_count: int | None = None,
+) -> list[tuple[np.ndarray, float]]:
+    """This rank's micro-batches of `rows`, as (rows, loss weight).
+
+    Rank r takes every world_size-th row. Ranks may end up with different numbers of
+    micro-batches (or none), but ZeRO-3's forward and every strategy's gradient
+    reduction are collectives that all ranks must enter equally often (and DeepSpeed
+    wants `fixed_count` per step), so a rank with fewer pads with weight-0 passes over
+    a row it already has (or any row).
+    """
+    shares = [rows[r::world_size] for r in range(world_size)]
+    needed = max(-(-len(share) // micro_batch_size) for share in shares)
+    if fixed_count is not None:
+        if needed > fixed_count:
+            raise ValueError(f"{needed} micro-batches per rank needed, the strategy takes {fixed_count}")
+        needed = fixed_count
+    micros = [(r, 1.0) for r in seqs.micro_batches(shares[rank], micro_batch_size)]
+    filler = shares[rank][:1] if len(shares[rank]) else rows[:1]
+    return micros + [(filler, 0.0)] * (needed - len(micros))
+
+
+def sum_over_ranks(values: list[float], world_size: int) -> list[float]:
+    """Element-wise sum of `values` over the ranks of the default group (float64)."""
+    if world_size == 1:
+        return list(values)
+    local = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(local)
+    return local.tolist()
+
+
 class TorchStrategy:
     """Plain torch AdamW, gradients summed over ranks by hand (see the module docstring)."""
 
     micro_batches_per_step: int | None = None  # any number, as each mini-batch needs
 
-    def __init__(self, model: torch.nn.Module, config: TrainingConfig, world_size: int):
-        self.module = model
-        self.forward = TokenLogprobs(model)
-        self.config = config
+    def __init__(
+        self, module: torch.nn.Module, optim: OptimizerSettings, schedule: TrainingConfig, world_size: int
+    ):
+        self.module = module
+        self.forward = module
+        self.optim = optim
         self.world_size = world_size
         self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+            module.parameters(), lr=optim.learning_rate, weight_decay=optim.weight_decay
         )
-        self._params = [p for p in model.parameters() if p.requires_grad]
+        self._params = [p for p in module.parameters() if p.requires_grad]
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -74,7 +137,7 @@ class TorchStrategy:
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             for p, g in zip(self._params, torch._utils._unflatten_dense_tensors(flat, grads), strict=True):
                 p.grad = g
-        norm = torch.nn.utils.clip_grad_norm_(self._params, self.config.max_grad_norm)
+        norm = torch.nn.utils.clip_grad_norm_(self._params, self.optim.max_grad_norm)
         self.optimizer.step()
         return float(norm)
 
@@ -86,22 +149,23 @@ class TorchStrategy:
 class DeepSpeedStrategy:
     """DeepSpeed ZeRO engine around the model (see the module docstring)."""
 
-    def __init__(self, model: torch.nn.Module, config: TrainingConfig, world_size: int):
+    def __init__(
+        self, module: torch.nn.Module, optim: OptimizerSettings, schedule: TrainingConfig, world_size: int
+    ):
         import deepspeed
 
-        self.config = config
         self.world_size = world_size
-        self.stage = config.zero_stage
-        rows_per_rank = -(-config.batch_size // (config.num_mini_batches * world_size))
-        self.micro_batches_per_step = max(1, -(-rows_per_rank // config.micro_batch_size))
+        self.stage = schedule.zero_stage
+        rows_per_rank = -(-schedule.batch_size // (schedule.num_mini_batches * world_size))
+        self.micro_batches_per_step = max(1, -(-rows_per_rank // schedule.micro_batch_size))
         optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+            module.parameters(), lr=optim.learning_rate, weight_decay=optim.weight_decay
         )
         ds_config = {
             # rayrl splits batches itself; these only satisfy DeepSpeed's bookkeeping
             "train_micro_batch_size_per_gpu": 1,
             "gradient_accumulation_steps": self.micro_batches_per_step,
-            "gradient_clipping": config.max_grad_norm,
+            "gradient_clipping": optim.max_grad_norm,
             "zero_optimization": {"stage": self.stage},
             "zero_allow_untested_optimizer": True,
             # compute runs under torch autocast (bf16 where the device has it); the
@@ -111,10 +175,10 @@ class DeepSpeedStrategy:
             "wall_clock_breakdown": False,
         }
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=TokenLogprobs(model), optimizer=optimizer, config=ds_config, dist_init_required=False
+            model=module, optimizer=optimizer, config=ds_config, dist_init_required=False
         )
         self.forward = self.engine  # every forward goes through the engine's hooks
-        self.module = self.engine.module.model
+        self.module = module
 
     def zero_grad(self) -> None:
         self.engine.zero_grad()
@@ -148,8 +212,18 @@ class DeepSpeedStrategy:
             yield
 
 
-def make_strategy(model: torch.nn.Module, config: TrainingConfig, world_size: int):
-    """The configured strategy around `model` (after `init_distributed` when it needs one)."""
-    if config.strategy == "deepspeed":
-        return DeepSpeedStrategy(model, config, world_size)
-    return TorchStrategy(model, config, world_size)
+def make_strategy(
+    module: torch.nn.Module, optim: OptimizerSettings, schedule: TrainingConfig, world_size: int
+):
+    """The strategy `schedule.strategy` names, training `module` (after `init_distributed`
+    when it needs one).
+
+    Args:
+        module: what the role's forward calls; its parameters are trained.
+        optim: the role's optimizer settings.
+        schedule: the `training` section (strategy, ZeRO stage, batch and micro-batch sizes).
+        world_size: data-parallel ranks of the role.
+    """
+    if schedule.strategy == "deepspeed":
+        return DeepSpeedStrategy(module, optim, schedule, world_size)
+    return TorchStrategy(module, optim, schedule, world_size)

@@ -1,9 +1,9 @@
 """Where each role runs: placement groups built from the config.
 
 One bundle per role instance: rollout engines, the actor-learner ranks, the
-reference (when there is a KL term), the critic (with GAE) and the agent loop. With
-`ray.colocate_models` the reference and critic instead share the learner's first
-bundle, each actor asking for a fraction of it (a third of a GPU each, say). On a cluster with GPUs the model roles get GPU bundles; in
+reference ranks (when there is a KL term), the critic ranks (with GAE) and the agent
+loop. With `ray.colocate_models` reference and critic rank i instead share learner
+rank i's bundle, each actor asking for a fraction of it (a third of a GPU each, say). On a cluster with GPUs the model roles get GPU bundles; in
 local CPU mode every bundle is one logical CPU (the roles take turns on the real
 cores: rollout, then reference, then update). Role classes are plain; this module
 is the only place that wraps them with `ray.remote` and pins them to a bundle.
@@ -47,17 +47,19 @@ def plan_roles(config: ConfigStore, use_gpu: bool) -> list[RoleSpec]:
         models.append("reference")
     if config.training.adv_estimator == "gae":
         models.append("critic")
+    counts = {
+        "learner": config.training.num_learners,
+        "reference": config.training.num_references,
+        "critic": config.critic.num_ranks,
+    }
     roles = [RoleSpec("rollout", config.inference.num_engines, 1.0, gpu)]
     if config.ray.colocate_models:
         share = 1.0 / len(models)
         for name in models:
-            count = config.training.num_learners if name == "learner" else 1
-            roles.append(RoleSpec(name, count, share, gpu * share, None if name == "learner" else "learner"))
+            host = None if name == "learner" else "learner"
+            roles.append(RoleSpec(name, counts[name], share, gpu * share, host))
     else:
-        roles += [
-            RoleSpec(name, config.training.num_learners if name == "learner" else 1, 1.0, gpu)
-            for name in models
-        ]
+        roles += [RoleSpec(name, counts[name], 1.0, gpu) for name in models]
     roles.append(RoleSpec("agent_loop", 1, 1.0, 0.0))
     return roles
 

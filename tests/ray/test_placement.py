@@ -70,3 +70,30 @@ def test_colocated_models_share_the_learners_bundle(ray_local):
         layout.remove()
     with pytest.raises(placement.PlacementError, match=r"critic x1 in learner's bundle.*: 3 CPU, 2 GPU"):
         placement.RolePlacement(placement.plan_roles(cfg, use_gpu=True), timeout_s=2)
+
+
+def test_role_groups_get_a_bundle_per_rank_or_share_the_learner_ranks(ray_local):
+    groups = {
+        "training": {"adv_estimator": "gae", "num_learners": 2, "num_references": 2, "group_size": 1},
+        "critic": {"num_ranks": 2},
+    }
+    separate = placement.plan_roles(make_config(**groups), use_gpu=True)
+    assert [(r.name, r.count, r.gpus) for r in separate] == [
+        ("rollout", 1, 1.0),
+        ("learner", 2, 1.0),
+        ("reference", 2, 1.0),
+        ("critic", 2, 1.0),
+        ("agent_loop", 1, 0.0),
+    ]
+    assert placement.num_bundles(separate) == 8
+    colocated = placement.plan_roles(make_config(**groups, ray={"colocate_models": True}), use_gpu=False)
+    assert placement.num_bundles(colocated) == 4
+    layout = placement.RolePlacement(colocated, timeout_s=30)
+    try:
+        learner_bundles = layout.bundle_index["learner"]
+        assert layout.bundle_index["reference"] == layout.bundle_index["critic"] == learner_bundles
+        assert len(set(learner_bundles)) == 2  # rank i of each model role shares learner rank i's bundle
+        actors = [layout.spawn("critic", Echo, r, index=r) for r in range(2)]
+        assert [v for v, _ in ray_local.get([a.get.remote() for a in actors])] == [0, 1]
+    finally:
+        layout.remove()

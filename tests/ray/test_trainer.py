@@ -179,6 +179,8 @@ def test_seed_style_environment_instance_and_reward_callable(ray_local, tiny_mod
                 "ppo_epochs": 2,
                 "num_mini_batches": 2,
                 "lam": 0.95,
+                "num_references": 2,
+                "critic": {"num_ranks": 2},
             },
             ("value_loss", "value_explained_var", "kl_reward", "critic_grad_norm"),
         ),
@@ -194,7 +196,7 @@ def test_seed_style_environment_instance_and_reward_callable(ray_local, tiny_mod
         ({"adv_estimator": "dr_grpo", "lora_rank": 4, "learning_rate": 1e-2}, ("grad_norm",)),
     ],
     ids=[
-        "ppo_gae_critic",
+        "ppo_gae_two_critic_and_two_reference_ranks",
         "rloo_filtered",
         "reinforce_pp_baseline_adaptive_kl",
         "grpo_zero3_two_ranks",
@@ -202,9 +204,12 @@ def test_seed_style_environment_instance_and_reward_callable(ray_local, tiny_mod
     ],
 )
 def test_estimators_run_through_the_trainer(ray_local, tiny_model, tmp_path, training, checks):
+    critic = training.get("critic", {})
+    training = {k: v for k, v in training.items() if k != "critic"}
     config = tiny_config(
         tiny_model,
         training={"num_epochs": 2, "batch_size": 8, "group_size": 4, "micro_batch_size": 4, **training},
+        critic=critic,
         checkpoint={"run_dir": str(tmp_path), "run_name": "algo"},
     )
     trainer = RayPPOTrainer(config)

@@ -40,6 +40,8 @@ def test_yaml_with_dotted_overrides(tmp_path):
         ("training.adv_estimator=ppo", "training.adv_estimator"),
         ("training.zero_stage=4", "training.zero_stage"),
         ("critic.value_clip=-1", "critic.value_clip"),
+        ("critic.num_ranks=0", "critic.num_ranks"),
+        ("training.num_references=0", "training.num_references"),
         ("environment.isolation=process", "environment.isolation"),
     ],
 )
@@ -67,6 +69,16 @@ def test_bad_values_name_the_key(override, names):
             ["training.lora_rank=8", "training.strategy=deepspeed", "training.zero_stage=3"],
             "lora_rank",
             "training.zero_stage=2",
+        ),
+        (
+            ["ray.colocate_models=true", "critic.num_ranks=2", "training.adv_estimator=gae"],
+            r"critic\.num_ranks=2 .*training\.num_learners=1",
+            "training.num_learners=2",
+        ),
+        (
+            ["ray.colocate_models=true", "training.num_references=3", "training.num_learners=2"],
+            r"training\.num_references=3",
+            "training.num_learners=3",
         ),
     ],
 )

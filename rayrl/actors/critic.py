@@ -30,9 +30,11 @@ from rayrl.config import CriticConfig, TrainingConfig
 class ValueModel(torch.nn.Module):
     """Decoder of a causal LM with a linear value head on its last hidden state."""
 
-    def __init__(self, model_path: str):
+    def __init__(self, model_path: str, gradient_checkpointing: bool = False):
         super().__init__()
-        lm = modeling.load_causal_lm(model_path, torch.device("cpu"), trainable=True)
+        lm = modeling.load_causal_lm(
+            model_path, torch.device("cpu"), trainable=True, gradient_checkpointing=gradient_checkpointing
+        )
         self.backbone = lm.get_decoder()
         hidden = lm.config.hidden_size
         self.value_head = torch.nn.Linear(hidden, 1)
@@ -76,7 +78,7 @@ class Critic:
         modeling.set_threads(training.num_threads)
         torch.manual_seed(training.seed)  # every rank starts from the same value head
         self.device = modeling.pick_device()
-        self.model = ValueModel(model_path).to(self.device)
+        self.model = ValueModel(model_path, training.gradient_checkpointing).to(self.device)
         self.strategy = None
         if training.strategy == "torch" and world_size == 1:
             self.strategy = self._make_strategy()
@@ -109,7 +111,7 @@ class Critic:
             largest = len(modeling.row_shard(len(seqs), 0, self.world_size))
             num_passes = -(-largest // self.training.micro_batch_size)
         self.model.eval()
-        return modeling.batch_logprobs(
+        values = modeling.batch_logprobs(
             self.strategy.forward,
             seqs,
             self.training.micro_batch_size,
@@ -118,6 +120,8 @@ class Critic:
             rows=rows,
             num_passes=num_passes,
         )
+        modeling.release_memory(self.device)
+        return values
 
     def update(self, batch: pa.Table) -> dict:
         """PPO epochs of clipped value regression onto `returns`; returns metrics of the
@@ -162,6 +166,7 @@ class Critic:
                     clipped += weight * float(was_clipped.sum())
                 norms.append(self.strategy.step())
                 losses.append(mini_loss)
+        modeling.release_memory(self.device)
         total = sum_over_ranks([clipped, *losses], self.world_size)
         tokens = seqs.num_tokens * t.ppo_epochs
         return {

@@ -63,7 +63,9 @@ class ActorLearner:
         modeling.set_threads(config.num_threads or max(1, (os.cpu_count() or 1) // world_size))
         torch.manual_seed(config.seed)
         self.device = modeling.pick_device()
-        self.model = modeling.load_causal_lm(model_path, self.device, trainable=True)
+        self.model = modeling.load_causal_lm(
+            model_path, self.device, trainable=True, gradient_checkpointing=config.gradient_checkpointing
+        )
         # taken now: names of the full model (before LoRA wraps it), and shapes that
         # ZeRO-3 hides once it partitions the parameters in init_strategy
         self._spec = [
@@ -196,6 +198,7 @@ class ActorLearner:
         total = sum_over_ranks([*(sums[k] for k in keys), seen_tokens, *losses], self.world_size)
         sums = dict(zip(keys, total[: len(keys)], strict=True))
         seen_tokens, losses = total[len(keys)], total[len(keys) + 1 :]
+        modeling.release_memory(self.device)
         denom = max(seen_tokens, 1)
         metrics = {k: v / denom for k, v in sums.items()}
         metrics.update(

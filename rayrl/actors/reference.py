@@ -35,7 +35,7 @@ class ReferenceWorker:
         """Flat float32 reference log-probs of the trainable tokens of this rank's block
         of rows, in table order."""
         seqs = modeling.SequenceBatch(batch)
-        return modeling.batch_logprobs(
+        logprobs = modeling.batch_logprobs(
             self.forward,
             seqs,
             self.config.micro_batch_size,
@@ -43,3 +43,5 @@ class ReferenceWorker:
             self.config.autocast_dtype,
             rows=modeling.row_shard(len(seqs), self.rank, self.world_size),
         )
+        modeling.release_memory(self.device)
+        return logprobs

@@ -139,6 +139,7 @@ class TorchStrategy:
                 p.grad = g
         norm = torch.nn.utils.clip_grad_norm_(self._params, self.optim.max_grad_norm)
         self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)  # no gradient memory held between updates
         return float(norm)
 
     @contextmanager

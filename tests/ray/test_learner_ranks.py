@@ -84,3 +84,26 @@ def test_two_ranks_match_one_rank_on_the_same_global_batch(ray_local, tiny_model
     diff = np.abs(rank0 - one)
     assert diff.max() <= 2.5 * LR
     assert (diff > LR / 100).mean() < 1e-4  # only weights whose gradient is ~0 may flip
+
+
+def test_gradient_checkpointing_gives_the_same_update(tiny_model):
+    """Recomputing activations in the backward pass changes memory, not the gradient."""
+    results = []
+    for checkpointing in (False, True):
+        cfg = make_config(
+            model={"model_name": tiny_model},
+            training={
+                "learning_rate": LR,
+                "micro_batch_size": 2,
+                "autocast_dtype": "float32",
+                "num_threads": 1,
+                "batch_size": 8,
+                "gradient_checkpointing": checkpointing,
+            },
+        ).training
+        learner = ActorLearner(tiny_model, cfg, "float32")
+        assert learner.model.is_gradient_checkpointing == checkpointing
+        results.append(learner.update(global_batch()))
+    plain, recomputed = results
+    assert recomputed["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-5)
+    assert recomputed["total_loss"] == pytest.approx(plain["total_loss"], rel=1e-5, abs=1e-7)

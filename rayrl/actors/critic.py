@@ -120,7 +120,7 @@ class Critic:
             rows=rows,
             num_passes=num_passes,
         )
-        modeling.release_memory(self.device)
+        modeling.release_memory(self.device, self.training.release_memory)
         return values
 
     def update(self, batch: pa.Table) -> dict:
@@ -166,7 +166,7 @@ class Critic:
                     clipped += weight * float(was_clipped.sum())
                 norms.append(self.strategy.step())
                 losses.append(mini_loss)
-        modeling.release_memory(self.device)
+        modeling.release_memory(self.device, self.training.release_memory)
         total = sum_over_ranks([clipped, *losses], self.world_size)
         tokens = seqs.num_tokens * t.ppo_epochs
         return {

@@ -198,7 +198,7 @@ class ActorLearner:
         total = sum_over_ranks([*(sums[k] for k in keys), seen_tokens, *losses], self.world_size)
         sums = dict(zip(keys, total[: len(keys)], strict=True))
         seen_tokens, losses = total[len(keys)], total[len(keys) + 1 :]
-        modeling.release_memory(self.device)
+        modeling.release_memory(self.device, self.config.release_memory)
         denom = max(seen_tokens, 1)
         metrics = {k: v / denom for k, v in sums.items()}
         metrics.update(

@@ -52,7 +52,7 @@ def load_causal_lm(path: str, device: torch.device, trainable: bool, gradient_ch
     return model
 
 
-def release_memory(device: torch.device) -> None:
+def release_memory(device: torch.device, enabled: bool = True) -> None:
     """Give memory freed by a finished pass back to the system.
 
     On CPU, glibc keeps the activations of a forward/backward pass in its heap after
@@ -61,6 +61,8 @@ def release_memory(device: torch.device) -> None:
     leaves the weights and optimizer state (~2 GB). On GPU, torch's caching allocator
     keeps its blocks for the next pass, which is what it is for.
     """
+    if not enabled:
+        return
     gc.collect()
     if device.type == "cpu" and sys.platform.startswith("linux"):
         try:

@@ -43,5 +43,5 @@ class ReferenceWorker:
             self.config.autocast_dtype,
             rows=modeling.row_shard(len(seqs), self.rank, self.world_size),
         )
-        modeling.release_memory(self.device)
+        modeling.release_memory(self.device, self.config.release_memory)
         return logprobs

@@ -19,6 +19,7 @@ from rayrl.actors.strategy import (
     OptimizerSettings,
     init_distributed,
     make_strategy,
+    mini_batches,
     rank_micro_batches,
     rendezvous_address,
     sum_over_ranks,
@@ -135,37 +136,34 @@ class Critic:
         losses, norms = [], []
         clipped = 0.0
         self.model.train()
-        for _ in range(t.ppo_epochs):
-            order = self.rng.permutation(len(seqs))
-            for mini in np.array_split(order, min(t.num_mini_batches, len(seqs))):
-                n_tok = float(seqs.token_counts[mini].sum())
-                self.strategy.zero_grad()
-                mini_loss = 0.0
-                micros = rank_micro_batches(
-                    seqs,
-                    mini,
-                    t.micro_batch_size,
-                    self.rank,
-                    self.world_size,
-                    self.strategy.micro_batches_per_step,
+        for _, mini, n_tok in mini_batches(seqs, t, self.rng):
+            self.strategy.zero_grad()
+            mini_loss = 0.0
+            micros = rank_micro_batches(
+                seqs,
+                mini,
+                t.micro_batch_size,
+                self.rank,
+                self.world_size,
+                self.strategy.micro_batches_per_step,
+            )
+            for k, (rows, weight) in enumerate(micros):
+                ids, attn, mask = seqs.padded(rows, self.device)
+                idx = torch.from_numpy(seqs.flat_index(rows))
+                with modeling.autocast(self.device, t.autocast_dtype):
+                    values = self.strategy.forward(ids, attn, mask)
+                token_loss, was_clipped = compute_value_loss(
+                    values,
+                    old_values[idx].to(self.device),
+                    returns[idx].to(self.device),
+                    self.config.value_clip,
                 )
-                for k, (rows, weight) in enumerate(micros):
-                    ids, attn, mask = seqs.padded(rows, self.device)
-                    idx = torch.from_numpy(seqs.flat_index(rows))
-                    with modeling.autocast(self.device, t.autocast_dtype):
-                        values = self.strategy.forward(ids, attn, mask)
-                    token_loss, was_clipped = compute_value_loss(
-                        values,
-                        old_values[idx].to(self.device),
-                        returns[idx].to(self.device),
-                        self.config.value_clip,
-                    )
-                    loss = weight * token_loss.sum() / max(n_tok, 1.0)
-                    self.strategy.backward(loss, last_micro_batch=k == len(micros) - 1)
-                    mini_loss += float(loss.detach())
-                    clipped += weight * float(was_clipped.sum())
-                norms.append(self.strategy.step())
-                losses.append(mini_loss)
+                loss = weight * token_loss.sum() / max(n_tok, 1.0)
+                self.strategy.backward(loss, last_micro_batch=k == len(micros) - 1)
+                mini_loss += float(loss.detach())
+                clipped += weight * float(was_clipped.sum())
+            norms.append(self.strategy.step())
+            losses.append(mini_loss)
         modeling.release_memory(self.device, self.training.release_memory)
         total = sum_over_ranks([clipped, *losses], self.world_size)
         tokens = seqs.num_tokens * t.ppo_epochs

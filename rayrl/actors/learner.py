@@ -29,6 +29,7 @@ from rayrl.actors.strategy import (
     OptimizerSettings,
     init_distributed,
     make_strategy,
+    mini_batches,
     rank_micro_batches,
     rendezvous_address,
     sum_over_ranks,
@@ -132,68 +133,65 @@ class ActorLearner:
         grad_norms, losses = [], []
         seen_tokens = 0
         self.model.train()
-        for epoch in range(cfg.ppo_epochs):
-            order = self.rng.permutation(len(seqs))  # same seed on every rank: same split
-            for mini in np.array_split(order, min(cfg.num_mini_batches, len(seqs))):
-                n_tok = float(seqs.token_counts[mini].sum())
-                self.strategy.zero_grad()
-                mini_loss = 0.0
-                micros = rank_micro_batches(
-                    seqs,
-                    mini,
-                    cfg.micro_batch_size,
-                    self.rank,
-                    self.world_size,
-                    self.strategy.micro_batches_per_step,
+        for epoch, mini, n_tok in mini_batches(seqs, cfg, self.rng):
+            self.strategy.zero_grad()
+            mini_loss = 0.0
+            micros = rank_micro_batches(
+                seqs,
+                mini,
+                cfg.micro_batch_size,
+                self.rank,
+                self.world_size,
+                self.strategy.micro_batches_per_step,
+            )
+            for k, (rows, weight) in enumerate(micros):
+                ids, attn, mask = seqs.padded(rows, self.device)
+                idx = torch.from_numpy(seqs.flat_index(rows))
+                with modeling.autocast(self.device, cfg.autocast_dtype):
+                    lp, entropy = self.strategy.forward(
+                        ids,
+                        attn,
+                        mask,
+                        with_entropy=epoch == 0 or cfg.entropy_coef > 0,
+                        entropy_grad=cfg.entropy_coef > 0,
+                    )
+                old = old_lp[idx].to(self.device) if old_lp is not None else lp.detach()
+                pg, clipped = compute_policy_loss(
+                    lp,
+                    old,
+                    adv_tok[idx].to(self.device),
+                    cfg.clip_ratio_low,
+                    cfg.clip_ratio_high,
+                    cfg.clip_ratio_c,
                 )
-                for k, (rows, weight) in enumerate(micros):
-                    ids, attn, mask = seqs.padded(rows, self.device)
-                    idx = torch.from_numpy(seqs.flat_index(rows))
-                    with modeling.autocast(self.device, cfg.autocast_dtype):
-                        lp, entropy = self.strategy.forward(
-                            ids,
-                            attn,
-                            mask,
-                            with_entropy=epoch == 0 or cfg.entropy_coef > 0,
-                            entropy_grad=cfg.entropy_coef > 0,
-                        )
-                    old = old_lp[idx].to(self.device) if old_lp is not None else lp.detach()
-                    pg, clipped = compute_policy_loss(
-                        lp,
-                        old,
-                        adv_tok[idx].to(self.device),
-                        cfg.clip_ratio_low,
-                        cfg.clip_ratio_high,
-                        cfg.clip_ratio_c,
-                    )
-                    token_loss = pg
-                    kl = None
-                    if ref is not None:
-                        kl = kl_penalty(lp, ref[idx].to(self.device), cfg.kl_estimator)
-                        token_loss = token_loss + kl_coef * kl
-                    if cfg.entropy_coef > 0:
-                        token_loss = token_loss - cfg.entropy_coef * entropy
-                    select = mask[:, 1:]
-                    dense = torch.zeros(select.shape, dtype=token_loss.dtype, device=self.device)
-                    dense[select] = token_loss
-                    loss = weight * aggregate_loss(
-                        dense, select, cfg.loss_agg_mode, num_tokens=n_tok, num_seqs=len(mini)
-                    )
-                    self.strategy.backward(loss, last_micro_batch=k == len(micros) - 1)
-                    if weight == 0.0:
-                        continue  # a placeholder pass that keeps ranks in step (see below)
-                    mini_loss += float(loss.detach())
-                    if epoch == 0:
-                        sums["policy_loss"] += float(pg.detach().sum())
-                        sums["clip_frac"] += float(clipped.sum())
-                        if kl is not None:
-                            sums["kl"] += float(kl.detach().sum())
-                        sums["entropy"] += float(entropy.detach().sum())
-                        gap = (lp.detach().float().cpu() - rollout_lp[idx]).abs()
-                        sums["logprob_gap"] += float(gap.sum())
-                        seen_tokens += len(idx)
-                grad_norms.append(self.strategy.step())
-                losses.append(mini_loss)
+                token_loss = pg
+                kl = None
+                if ref is not None:
+                    kl = kl_penalty(lp, ref[idx].to(self.device), cfg.kl_estimator)
+                    token_loss = token_loss + kl_coef * kl
+                if cfg.entropy_coef > 0:
+                    token_loss = token_loss - cfg.entropy_coef * entropy
+                select = mask[:, 1:]
+                dense = torch.zeros(select.shape, dtype=token_loss.dtype, device=self.device)
+                dense[select] = token_loss
+                loss = weight * aggregate_loss(
+                    dense, select, cfg.loss_agg_mode, num_tokens=n_tok, num_seqs=len(mini)
+                )
+                self.strategy.backward(loss, last_micro_batch=k == len(micros) - 1)
+                if weight == 0.0:
+                    continue  # a placeholder pass that keeps ranks in step (see below)
+                mini_loss += float(loss.detach())
+                if epoch == 0:
+                    sums["policy_loss"] += float(pg.detach().sum())
+                    sums["clip_frac"] += float(clipped.sum())
+                    if kl is not None:
+                        sums["kl"] += float(kl.detach().sum())
+                    sums["entropy"] += float(entropy.detach().sum())
+                    gap = (lp.detach().float().cpu() - rollout_lp[idx]).abs()
+                    sums["logprob_gap"] += float(gap.sum())
+                    seen_tokens += len(idx)
+            grad_norms.append(self.strategy.step())
+            losses.append(mini_loss)
         # metrics over the whole batch, not this rank's share
         total = sum_over_ranks([*(sums[k] for k in keys), seen_tokens, *losses], self.world_size)
         sums = dict(zip(keys, total[: len(keys)], strict=True))

@@ -70,6 +70,19 @@ def init_distributed(host: str, port: int, rank: int, world_size: int, device: t
         dist.init_process_group(backend, rank=rank, world_size=world_size)
 
 
+def mini_batches(
+    seqs: SequenceBatch, schedule: TrainingConfig, rng: np.random.Generator
+) -> Iterator[tuple[int, np.ndarray, float]]:
+    """(epoch, rows, trainable tokens) of every optimizer step of a PPO update:
+    `ppo_epochs` passes, each a fresh permutation split into `num_mini_batches`.
+    Ranks seeded alike draw the same split; the token count is the mini-batch's global
+    loss denominator."""
+    for epoch in range(schedule.ppo_epochs):
+        order = rng.permutation(len(seqs))
+        for mini in np.array_split(order, min(schedule.num_mini_batches, len(seqs))):
+            yield epoch, mini, float(seqs.token_counts[mini].sum())
+
+
 def rank_micro_batches(
     seqs: SequenceBatch,
     rows: np.ndarray,

@@ -34,20 +34,16 @@ def global_batch() -> pa.Table:
     )
 
 
-def train(ray, tiny_model, world: int, **training):
-    cfg = make_config(
-        model={"model_name": tiny_model},
-        training={
-            "learning_rate": LR,
-            "micro_batch_size": 2,
-            "autocast_dtype": "float32",
-            "num_threads": 1,
-            "kl_coef": 0.0,
-            "batch_size": 8,
-            "num_learners": world,
-            **training,
-        },
+def learner_config(tiny_model, **training):
+    """float32, one thread, micro-batches of 2 of a batch of 8 (the global batch has 7 rows)."""
+    base = {"learning_rate": LR, "micro_batch_size": 2, "autocast_dtype": "float32", "num_threads": 1}
+    return make_config(
+        model={"model_name": tiny_model}, training={**base, "batch_size": 8, **training}
     ).training
+
+
+def train(ray, tiny_model, world: int, **training):
+    cfg = learner_config(tiny_model, kl_coef=0.0, num_learners=world, **training)
     cls = ray.remote(ActorLearner).options(num_cpus=0)
     ranks = [cls.remote(tiny_model, cfg, "float32", r, world) for r in range(world)]
     host, port = ray.get(ranks[0].sync_address.remote())
@@ -94,17 +90,7 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_model):
     """Recomputing activations in the backward pass changes memory, not the gradient."""
     results = []
     for checkpointing in (False, True):
-        cfg = make_config(
-            model={"model_name": tiny_model},
-            training={
-                "learning_rate": LR,
-                "micro_batch_size": 2,
-                "autocast_dtype": "float32",
-                "num_threads": 1,
-                "batch_size": 8,
-                "gradient_checkpointing": checkpointing,
-            },
-        ).training
+        cfg = learner_config(tiny_model, gradient_checkpointing=checkpointing)
         learner = ActorLearner(tiny_model, cfg, "float32")
         assert learner.model.is_gradient_checkpointing == checkpointing
         results.append(learner.update(global_batch()))
@@ -127,10 +113,7 @@ def test_release_memory_returns_an_updates_activations_to_the_system(tiny_model)
             "advantages": pa.array([[0.0] * 128 + [1.0] * 128] * n, type=pa.list_(pa.float32())),
         }
     )
-    cfg = make_config(
-        model={"model_name": tiny_model},
-        training={"micro_batch_size": n, "batch_size": n, "num_threads": 1, "release_memory": False},
-    ).training
+    cfg = learner_config(tiny_model, micro_batch_size=n, batch_size=n, release_memory=False)
     learner = ActorLearner(tiny_model, cfg, "float32")
     learner.update(batch)
     held = rss_mb()

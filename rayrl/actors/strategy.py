@@ -61,7 +61,8 @@ def rendezvous_address() -> tuple[str, int]:
 
 
 def init_distributed(host: str, port: int, rank: int, world_size: int, device: torch.device) -> None:
-    """Join the learners' default process group (DeepSpeed reads the same variables)."""
+    """Join the role's process group as this process's default group (each learner or critic
+    rank is its own process; DeepSpeed reads the same variables)."""
     os.environ.update(
         MASTER_ADDR=host, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0"
     )

@@ -20,7 +20,6 @@ from rayrl.actors.strategy import (
     init_distributed,
     make_strategy,
     mini_batches,
-    rank_micro_batches,
     rendezvous_address,
     sum_over_ranks,
 )
@@ -139,19 +138,10 @@ class Critic:
         for _, mini, n_tok in mini_batches(seqs, t, self.rng):
             self.strategy.zero_grad()
             mini_loss = 0.0
-            micros = rank_micro_batches(
-                seqs,
-                mini,
-                t.micro_batch_size,
-                self.rank,
-                self.world_size,
-                self.strategy.micro_batches_per_step,
-            )
-            for k, (rows, weight) in enumerate(micros):
-                ids, attn, mask = seqs.padded(rows, self.device)
-                idx = torch.from_numpy(seqs.flat_index(rows))
+            for mb in self.strategy.micro_batches(seqs, mini, t.micro_batch_size, self.device):
+                idx, weight = mb.index, mb.weight
                 with modeling.autocast(self.device, t.autocast_dtype):
-                    values = self.strategy.forward(ids, attn, mask)
+                    values = self.strategy.forward(mb.input_ids, mb.attention_mask, mb.loss_mask)
                 token_loss, was_clipped = compute_value_loss(
                     values,
                     old_values[idx].to(self.device),
@@ -159,7 +149,7 @@ class Critic:
                     self.config.value_clip,
                 )
                 loss = weight * token_loss.sum() / max(n_tok, 1.0)
-                self.strategy.backward(loss, last_micro_batch=k == len(micros) - 1)
+                self.strategy.backward(loss, last_micro_batch=mb.last)
                 mini_loss += float(loss.detach())
                 clipped += weight * float(was_clipped.sum())
             norms.append(self.strategy.step())

@@ -30,7 +30,6 @@ from rayrl.actors.strategy import (
     init_distributed,
     make_strategy,
     mini_batches,
-    rank_micro_batches,
     rendezvous_address,
     sum_over_ranks,
 )
@@ -136,22 +135,13 @@ class ActorLearner:
         for epoch, mini, n_tok in mini_batches(seqs, cfg, self.rng):
             self.strategy.zero_grad()
             mini_loss = 0.0
-            micros = rank_micro_batches(
-                seqs,
-                mini,
-                cfg.micro_batch_size,
-                self.rank,
-                self.world_size,
-                self.strategy.micro_batches_per_step,
-            )
-            for k, (rows, weight) in enumerate(micros):
-                ids, attn, mask = seqs.padded(rows, self.device)
-                idx = torch.from_numpy(seqs.flat_index(rows))
+            for mb in self.strategy.micro_batches(seqs, mini, cfg.micro_batch_size, self.device):
+                idx, weight = mb.index, mb.weight
                 with modeling.autocast(self.device, cfg.autocast_dtype):
                     lp, entropy = self.strategy.forward(
-                        ids,
-                        attn,
-                        mask,
+                        mb.input_ids,
+                        mb.attention_mask,
+                        mb.loss_mask,
                         with_entropy=epoch == 0 or cfg.entropy_coef > 0,
                         entropy_grad=cfg.entropy_coef > 0,
                     )
@@ -171,15 +161,15 @@ class ActorLearner:
                     token_loss = token_loss + kl_coef * kl
                 if cfg.entropy_coef > 0:
                     token_loss = token_loss - cfg.entropy_coef * entropy
-                select = mask[:, 1:]
+                select = mb.loss_mask[:, 1:]
                 dense = torch.zeros(select.shape, dtype=token_loss.dtype, device=self.device)
                 dense[select] = token_loss
                 loss = weight * aggregate_loss(
                     dense, select, cfg.loss_agg_mode, num_tokens=n_tok, num_seqs=len(mini)
                 )
-                self.strategy.backward(loss, last_micro_batch=k == len(micros) - 1)
+                self.strategy.backward(loss, last_micro_batch=mb.last)
                 if weight == 0.0:
-                    continue  # a placeholder pass that keeps ranks in step (see below)
+                    continue  # a placeholder pass that keeps ranks in step (strategy.rank_micro_batches)
                 mini_loss += float(loss.detach())
                 if epoch == 0:
                     sums["policy_loss"] += float(pg.detach().sum())

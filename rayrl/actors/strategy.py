@@ -22,8 +22,10 @@ forward it calls (the policy's `TokenLogprobs`, the critic's `ValueModel`) and i
 optimizer settings, and calls `strategy.forward` (through the engine when there is
 one). The same code runs on CPU and GPU: the process-group backend follows the device.
 
-A role with data-parallel ranks (the actor-learner, the critic) splits each
-mini-batch with `rank_micro_batches`, and sums its metrics with `sum_over_ranks`.
+A role with data-parallel ranks (the actor-learner, the critic) takes its optimizer
+steps from `mini_batches`, the micro-batches of each from `strategy.micro_batches`
+(this rank's share, padded so ranks stay in step), and sums its metrics with
+`sum_over_ranks`.
 """
 
 from __future__ import annotations
@@ -111,6 +113,38 @@ def rank_micro_batches(
     return micros + [(filler, 0.0)] * (needed - len(micros))
 
 
+@dataclass(frozen=True)
+class MicroBatch:
+    """One forward/backward pass of an optimizer step, as tensors on the device."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    loss_mask: torch.Tensor
+    index: torch.Tensor  # positions of its trainable tokens in the batch's flat arrays
+    weight: float  # 1, or 0 for a pass that only keeps the ranks in step
+    last: bool  # the step's last pass
+
+
+class _DataParallel:
+    """What both strategies share: this rank's micro-batches of a mini-batch."""
+
+    rank: int = 0
+    world_size: int = 1
+    micro_batches_per_step: int | None = None  # any number, as each mini-batch needs
+
+    def micro_batches(
+        self, seqs: SequenceBatch, rows: np.ndarray, micro_batch_size: int, device: torch.device
+    ) -> Iterator[MicroBatch]:
+        """This rank's passes over mini-batch `rows` (see `rank_micro_batches`)."""
+        micros = rank_micro_batches(
+            seqs, rows, micro_batch_size, self.rank, self.world_size, self.micro_batches_per_step
+        )
+        for k, (part, weight) in enumerate(micros):
+            ids, attn, mask = seqs.padded(part, device)
+            index = torch.from_numpy(seqs.flat_index(part))
+            yield MicroBatch(ids, attn, mask, index, weight, k == len(micros) - 1)
+
+
 def sum_over_ranks(values: list[float], world_size: int) -> list[float]:
     """Element-wise sum of `values` over the ranks of the default group (float64)."""
     if world_size == 1:
@@ -120,14 +154,13 @@ def sum_over_ranks(values: list[float], world_size: int) -> list[float]:
     return local.tolist()
 
 
-class TorchStrategy:
+class TorchStrategy(_DataParallel):
     """Plain torch AdamW, gradients summed over ranks by hand (see the module docstring)."""
-
-    micro_batches_per_step: int | None = None  # any number, as each mini-batch needs
 
     def __init__(
         self, module: torch.nn.Module, optim: OptimizerSettings, schedule: TrainingConfig, world_size: int
     ):
+        self.rank = dist.get_rank() if world_size > 1 else 0
         self.module = module
         self.forward = module
         self.optim = optim
@@ -161,7 +194,7 @@ class TorchStrategy:
         yield
 
 
-class DeepSpeedStrategy:
+class DeepSpeedStrategy(_DataParallel):
     """DeepSpeed ZeRO engine around the model (see the module docstring)."""
 
     def __init__(
@@ -169,6 +202,7 @@ class DeepSpeedStrategy:
     ):
         import deepspeed
 
+        self.rank = dist.get_rank()  # DeepSpeed always runs in a process group
         self.world_size = world_size
         self.stage = schedule.zero_stage
         rows_per_rank = -(-schedule.batch_size // (schedule.num_mini_batches * world_size))

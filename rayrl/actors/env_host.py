@@ -23,6 +23,8 @@ from ray.exceptions import RayActorError
 
 from rayrl.config import EnvironmentConfig
 from rayrl.envs import BaseEnvironment, make_environment
+from rayrl.envs.source import EnvironmentSource
+from rayrl.logs import configure_logging
 
 HOST_START_TIMEOUT_S = 300.0
 
@@ -32,23 +34,24 @@ class EnvironmentFailure(RuntimeError):
 
 
 def new_environment(
-    env_config: EnvironmentConfig, env_class: type[BaseEnvironment] | None = None
+    env_config: EnvironmentConfig, source: EnvironmentSource | None = None
 ) -> BaseEnvironment:
-    """An instance of `env_class`, or of the environment `env_config.name` names."""
-    return env_class(env_config) if env_class is not None else make_environment(env_config)
+    """A fresh environment from `source`, or of the kind `env_config.name` names."""
+    return source() if source is not None else make_environment(env_config)
 
 
 class EnvironmentHost:
     """Plain class wrapped as an async Ray actor: holds one episode's environment at a time."""
 
-    def __init__(self, env_config: EnvironmentConfig, env_class: type[BaseEnvironment] | None = None):
+    def __init__(self, env_config: EnvironmentConfig, source: EnvironmentSource | None = None):
+        configure_logging()
         self.env_config = env_config
-        self.env_class = env_class
+        self.source = source
         self.env: BaseEnvironment | None = None
 
     async def reset(self, task: Any) -> str:
         """Start a fresh environment on `task`; returns the first observation."""
-        self.env = new_environment(self.env_config, self.env_class)
+        self.env = new_environment(self.env_config, self.source)
         return await self.env.areset(task)
 
     async def step(self, action: str) -> tuple[str, float, bool, dict[str, Any]]:
@@ -123,18 +126,18 @@ class EnvironmentPool:
 
     Args:
         env_config: the `environment` section.
-        env_class: environment class instead of the one `env_config.name` names.
+        source: where fresh environments come from (default: the one `env_config.name` names).
         size: most hosts alive at once (episodes beyond it wait for a free host).
     """
 
     def __init__(
         self,
         env_config: EnvironmentConfig,
-        env_class: type[BaseEnvironment] | None = None,
+        source: EnvironmentSource | None = None,
         size: int = 1,
     ):
         self.env_config = env_config
-        self.env_class = env_class
+        self.source = source
         self.isolated = env_config.isolation == "actor"
         self.size = max(1, size)
         self._idle: list = []
@@ -150,7 +153,7 @@ class EnvironmentPool:
     def _new_actor(self):
         options = {"num_cpus": self.env_config.cpus_per_actor, "max_restarts": 0}
         self._alive += 1
-        return ray.remote(EnvironmentHost).options(**options).remote(self.env_config, self.env_class)
+        return ray.remote(EnvironmentHost).options(**options).remote(self.env_config, self.source)
 
     def start(self) -> None:
         """Start all hosts now (their process start-up overlaps with other setup)."""
@@ -167,7 +170,7 @@ class EnvironmentPool:
         """A handle on a fresh environment for one episode."""
         timeout = self.env_config.step_timeout_s
         if not self.isolated:
-            return _InlineHandle(new_environment(self.env_config, self.env_class), timeout)
+            return _InlineHandle(new_environment(self.env_config, self.source), timeout)
         if self._free is None:
             self._free = asyncio.Condition()
         async with self._free:

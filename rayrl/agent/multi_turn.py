@@ -5,12 +5,13 @@ through the action parser; a valid call runs through the tool registry (which
 never raises); the tool's output, or the parse / tool error, becomes the next
 observation the model sees. Rewards come from the environment the tools act on:
 a turn's reward is how much the environment's `episode_reward` moved during it.
-The summary has the keys the seeds read (`num_turns`, `total_reward`,
+The summary has the keys reward functions read (`num_turns`, `total_reward`,
 `tools.successful_tool_calls`, `tools.failed_tool_calls`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,8 @@ from rayrl.agent.tools import ToolRegistry
 
 if TYPE_CHECKING:  # the environments package imports this module (tool-use envs)
     from rayrl.envs.base import BaseEnvironment
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,6 +57,8 @@ class Turn:
         feedback: what the model sees next (tool output or error).
         reward: change of the environment's episode reward during this turn.
         done: whether the episode ended with this turn.
+        answer: the reply held no tool call and went to the environment as an answer
+            (managers built with `answers_to_environment=True`).
     """
 
     index: int
@@ -64,6 +69,7 @@ class Turn:
     feedback: str
     reward: float
     done: bool
+    answer: bool = False
 
 
 class MultiTurnManager:
@@ -75,6 +81,9 @@ class MultiTurnManager:
         environment: what the tools act on; its `episode_reward` and `done` drive
             rewards and termination (None: tools only, reward 0).
         max_turns: the episode ends after this many replies.
+        answers_to_environment: a reply with no tool call is the agent's answer and goes
+            to `environment.step` (its observation is the next turn); False: every reply
+            must be a tool call, and one without is a parse error shown to the model.
     """
 
     def __init__(
@@ -83,6 +92,7 @@ class MultiTurnManager:
         action_parser: ActionParser,
         environment: BaseEnvironment | None = None,
         max_turns: int = 10,
+        answers_to_environment: bool = False,
     ):
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
@@ -90,6 +100,7 @@ class MultiTurnManager:
         self.action_parser = action_parser
         self.environment = environment
         self.max_turns = max_turns
+        self.answers_to_environment = answers_to_environment
         self.turns: list[Turn] = []
 
     def reset(self, task: Any = None) -> str:
@@ -117,6 +128,8 @@ class MultiTurnManager:
         """
         before = self._begin_turn()
         parsed = self.action_parser.parse(model_output)
+        if self._is_answer(parsed):
+            return self._record_answer(observation, model_output, self.environment.step(model_output))
         outcome = (
             self.tool_registry.execute_tool(parsed.tool_call.name, **parsed.tool_call.arguments)
             if parsed.ok
@@ -128,12 +141,36 @@ class MultiTurnManager:
         """`step` for async callers: the tool runs without blocking the event loop."""
         before = self._begin_turn()
         parsed = self.action_parser.parse(model_output)
+        if self._is_answer(parsed):
+            result = await self.environment.astep(model_output)
+            return self._record_answer(observation, model_output, result)
         outcome = None
         if parsed.ok:
             outcome = await self.tool_registry.aexecute_tool(
                 parsed.tool_call.name, parsed.tool_call.arguments
             )
         return self._record(observation, model_output, parsed, outcome, before)
+
+    def _is_answer(self, parsed) -> bool:
+        return self.answers_to_environment and self.environment is not None and not parsed.ok
+
+    def _record_answer(self, observation, model_output, result) -> Turn:
+        feedback, reward, done, _ = result
+        index = len(self.turns)
+        logger.debug("turn %d: answer to the environment, reward %s", index, reward)
+        turn = Turn(
+            index,
+            observation,
+            model_output,
+            None,
+            None,
+            str(feedback),
+            float(reward),
+            bool(done) or index + 1 >= self.max_turns,
+            answer=True,
+        )
+        self.turns.append(turn)
+        return turn
 
     def _begin_turn(self) -> float:
         if self.done:
@@ -153,6 +190,17 @@ class MultiTurnManager:
             feedback = parsed.error or "No tool call found."
         reward = self._episode_reward() - before
         index = len(self.turns)
+        if call is None:
+            logger.debug("turn %d: no tool call (%s) in %r", index, parsed.error, model_output[:200])
+        else:
+            logger.debug(
+                "turn %d: %s(%s) -> %s: %s",
+                index,
+                call.name,
+                call.arguments,
+                "ok" if call.success else "failed",
+                call.result[:200],
+            )
         env_done = self.environment is not None and self.environment.done
         turn = Turn(
             index=index,
@@ -178,7 +226,7 @@ class MultiTurnManager:
             "tools": {
                 "successful_tool_calls": successful,
                 "failed_tool_calls": len(calls) - successful,
-                "parse_errors": sum(t.tool_call is None for t in self.turns),
+                "parse_errors": sum(t.tool_call is None and not t.answer for t in self.turns),
                 "calls_by_tool": dict(Counter(c.name for c in calls)),
                 "valid_call_rate": successful / len(self.turns) if self.turns else 0.0,
             },

@@ -53,12 +53,17 @@ class BaseEnvironment(ABC):
 
     def reset_for(self, task: Any = None) -> str:
         """`reset(task)`, or `reset()` when there is no task (environments written
-        like seed 000's take no task argument)."""
+        without tasks take no task argument)."""
         return self.reset() if task is None else self.reset(task)
 
     @abstractmethod
     def step(self, action: str) -> StepResult:
         """Apply the model's `action`; return (observation, reward, done, info)."""
+
+    def turn_limit(self) -> int:
+        """Most assistant turns an episode may take (the agent loop stops there even if the
+        environment never says done); default `config.max_turns`."""
+        return int(getattr(self, "max_turns", None) or self.config.max_turns)
 
     def get_prompt_prefix(self) -> str:
         """System prompt shown before the first observation."""

@@ -57,27 +57,59 @@ class ToolUseEnvironment(BaseEnvironment):
         format_bonus: float = 0.0,
         example: str | None = None,
     ):
-        super().__init__(config)
         if parser not in PARSERS:
             raise ConfigError(f"environment.params.parser={parser!r}: choose one of {sorted(PARSERS)}")
-        self.inner = inner
-        self.registry = ToolRegistry(make_tools(inner))
-        self.manager = MultiTurnManager(
-            self.registry, PARSERS[parser](self.registry), inner, config.max_turns
-        )
-        self.marker = re.compile(_MARKERS[parser])
+        registry = ToolRegistry(make_tools(inner))
+        manager = MultiTurnManager(registry, PARSERS[parser](registry), inner, config.max_turns)
+        self._bind(config, manager, valid_call_bonus, format_bonus, example)
+
+    @classmethod
+    def from_manager(
+        cls,
+        config: EnvironmentConfig,
+        manager: MultiTurnManager,
+        valid_call_bonus: float = 0.0,
+        format_bonus: float = 0.0,
+        example: str | None = None,
+    ) -> ToolUseEnvironment:
+        """An environment that runs every reply through `manager` (its parser, tools and
+        environment, its own `max_turns`), as `MultiTurnInferenceEngine.run_episode` does.
+
+        Args:
+            config: the `environment` section.
+            manager: the episode's own manager; its tools act on `manager.environment`.
+            valid_call_bonus: as for the constructor.
+            format_bonus: as for the constructor.
+            example: as for the constructor.
+        """
+        env = cls.__new__(cls)
+        env._bind(config, manager, valid_call_bonus, format_bonus, example)
+        return env
+
+    def _bind(self, config, manager, valid_call_bonus, format_bonus, example) -> None:
+        BaseEnvironment.__init__(self, config)
+        self.inner = manager.environment
+        self.registry = manager.tool_registry
+        self.manager = manager
+        kind = next((k for k, p in PARSERS.items() if isinstance(manager.action_parser, p)), None)
+        # A parser of the user's own has no known marker: no format bonus for it.
+        self.marker = re.compile(_MARKERS[kind]) if kind else None
         self.valid_call_bonus = valid_call_bonus
         self.format_bonus = format_bonus
         self.example = example
 
+    def turn_limit(self) -> int:
+        return self.manager.max_turns
+
     def sample_task(self, rng: random.Random) -> Any:
-        return self.inner.sample_task(rng)
+        return self.inner.sample_task(rng) if self.inner is not None else None
 
     def sample_eval_task(self, rng: random.Random) -> Any:
-        return self.inner.sample_eval_task(rng)
+        return self.inner.sample_eval_task(rng) if self.inner is not None else None
 
     def get_prompt_prefix(self) -> str:
-        base = self.config.system_prompt or self.inner.get_prompt_prefix()
+        inner = self.inner.get_prompt_prefix() if self.inner is not None else ""
+        base = self.config.system_prompt or inner
         example = f"\nExample reply: {self.example}" if self.example else ""
         return f"{base}\n\n{self.manager.instructions()}{example}".strip()
 
@@ -95,7 +127,7 @@ class ToolUseEnvironment(BaseEnvironment):
         reward = turn.reward
         if valid:
             reward += self.valid_call_bonus
-        elif self.marker.search(action):
+        elif self.marker is not None and self.marker.search(action):
             reward += self.format_bonus
         self.step_count += 1
         self.episode_reward += reward

@@ -31,6 +31,11 @@ class RunDirectory:
         with self.metrics_file.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
+    def log_adjustment(self, change: dict[str, Any]) -> None:
+        """Append one automatic (or manual) hyper-parameter change and its reason."""
+        with (self.path / "adjustments.jsonl").open("a") as f:
+            f.write(json.dumps(change) + "\n")
+
     def read_metrics(self) -> list[dict[str, Any]]:
         """Every logged row, in order."""
         if not self.metrics_file.exists():

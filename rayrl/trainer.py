@@ -36,8 +36,11 @@ from rayrl.actors.scoring import Scorer
 from rayrl.algorithms import ADVANTAGE_ESTIMATORS, KLController
 from rayrl.config import ConfigStore
 from rayrl.envs.base import BaseEnvironment
+from rayrl.envs.source import EnvironmentSource
+from rayrl.logs import LEVEL_VAR, driver_level
 from rayrl.model_store import resolve_model
 from rayrl.tracking import RunDirectory
+from rayrl.training.callbacks import Callback, CallbackList
 from rayrl.weight_sync import DEFAULT_BUCKET_BYTES
 
 logger = logging.getLogger(__name__)
@@ -77,7 +80,7 @@ def init_ray(config: ConfigStore, num_bundles: int) -> bool:
     """
     if ray.is_initialized():
         return False
-    runtime_env = {"env_vars": ACTOR_ENV}
+    runtime_env = {"env_vars": {**ACTOR_ENV, LEVEL_VAR: driver_level()}}
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         # Resources belong to the cluster; passing num_cpus here is an error.
@@ -101,11 +104,20 @@ class RayPPOTrainer:
 
     Args:
         config: full validated config.
-        environment: optional environment instance or class to train on instead of the
-            one `environment.name` names (a fresh instance of its class per episode).
+        environment: optional environment to train on instead of the one
+            `environment.name` names: a class (built from the config per episode) or an
+            instance (deep-copied per episode, so its constructor data reaches every one).
         reward_fn: optional callable scoring an episode summary dict (`total_reward`,
             `num_turns`, `tools`, `messages`, `final_response`), replacing the
-            environment's reward; overrides `training.reward_fn`.
+            environment's reward; overrides `training.reward_fn`. A `RewardFunction`
+            of type IMMEDIATE scores each assistant turn onto that turn's tokens.
+        tool_manager: optional `MultiTurnManager`: every episode then gets its own copy
+            of the manager's environment with its own tools bound to it, replies are
+            parsed and tools run as in `MultiTurnInferenceEngine.run_episode` (its
+            `max_turns`, the parser's instructions in the system prompt), and `reward_fn`
+            sees the real tool counts.
+        callbacks: objects with the `rayrl.training.Callback` hooks (`on_train_begin`,
+            `on_step_end`, `on_train_end`); one that raises is logged and counted.
     """
 
     def __init__(
@@ -113,14 +125,22 @@ class RayPPOTrainer:
         config: ConfigStore,
         environment: BaseEnvironment | type[BaseEnvironment] | None = None,
         reward_fn: Callable[[dict], float] | None = None,
+        tool_manager: Any = None,
+        callbacks: list[Callback] | None = None,
     ):
         self.config = config.check()
-        if environment is not None and not isinstance(environment, type):
-            environment = type(environment)
-        self.env_class = environment
+        self.env_source = (
+            EnvironmentSource(config.environment, environment, tool_manager)
+            if environment is not None or tool_manager is not None
+            else None
+        )
         self.reward_fn = reward_fn or config.training.reward_fn
-        for obj in (self.env_class, reward_fn):
+        for obj in [*(self.env_source.user_objects if self.env_source else []), reward_fn]:
             _ship_by_value(obj)
+        self.callbacks = CallbackList(callbacks or [])
+        self.stop_reason: str | None = None
+        self.learning_rate = config.training.learning_rate
+        self._warned: set[str] = set()
         self.metrics_history: list[dict[str, Any]] = []
         self.run: RunDirectory | None = None
         self._started_ray = False
@@ -197,7 +217,7 @@ class RayPPOTrainer:
             cfg.inference,
             self.engines,
             self.reward_fn,
-            self.env_class,
+            self.env_source,
             cfg.training.batch_size,
             actor_options={"max_concurrency": 10_000},
         )
@@ -232,8 +252,9 @@ class RayPPOTrainer:
         """
         if self.learner is None:
             self.setup()
-        total = num_epochs or self.config.training.num_epochs
-        bar = tqdm(range(total), desc="rayrl", unit="step", dynamic_ncols=True)
+        self.total_steps = num_epochs or self.config.training.num_epochs
+        bar = tqdm(range(self.total_steps), desc="rayrl", unit="step", dynamic_ncols=True)
+        self.callbacks.on_train_begin(self)
         try:
             for step in bar:
                 row = self.train_step(step)
@@ -243,6 +264,10 @@ class RayPPOTrainer:
                     kl=f"{row['kl']:.4f}",
                     tok_s=f"{row['tokens_per_s']:.0f}",
                 )
+                self.callbacks.on_step_end(self, row)
+                if self.stop_reason is not None:
+                    logger.info("stopping after epoch %d: %s", step + 1, self.stop_reason)
+                    break
         except BaseException:
             self._save_after_failure()
             raise
@@ -250,6 +275,7 @@ class RayPPOTrainer:
             bar.close()
         if self.config.checkpoint.save_final:
             self.save_checkpoint(self.run.checkpoint_path("final"))
+        self.callbacks.on_train_end(self, self.metrics_history)
         return self.metrics_history
 
     def train_step(self, step: int) -> dict[str, Any]:
@@ -259,15 +285,19 @@ class RayPPOTrainer:
         t_step = time.perf_counter()
 
         # 1. rollout: episodes run in the agent-loop actor; the batch stays in the object store
+        log = self._phase_logger(step)
+        log("rollout (%d episodes)", t_cfg.batch_size)
         t = time.perf_counter()
         n_groups = t_cfg.batch_size // t_cfg.group_size
-        tasks = sample_tasks(cfg.environment, n_groups, self.rng, env_class=self.env_class)
+        tasks = sample_tasks(cfg.environment, n_groups, self.rng, env_source=self.env_source)
         batch_ref, stats_ref = self.runner.collect.options(num_returns=2).remote(tasks, t_cfg.group_size)
         stats = ray.get(stats_ref)
         times["rollout"] = time.perf_counter() - t
+        self._warn_once(stats["warnings"])
 
         # 2. reference log-probs and critic values (each rank a block of rows), read from
         #    the object store
+        log("reference log-probs and values")
         t = time.perf_counter()
         ref_parts = [r.compute_logprobs.remote(batch_ref) for r in self.references]
         if ref_parts and not self.overlap_roles:
@@ -279,6 +309,7 @@ class RayPPOTrainer:
         times["reference"] = time.perf_counter() - t
 
         # 3. score: token rewards (KL penalty if kl_mode=reward), group filter, advantages
+        log("rewards and advantages")
         t = time.perf_counter()
         train_ref, score_ref = self.scorer.score.options(num_returns=2).remote(
             batch_ref, ref_parts, value_parts, t_cfg, self.kl_ctl.value
@@ -287,6 +318,7 @@ class RayPPOTrainer:
         times["score"] = time.perf_counter() - t
 
         # 4. update the critic and the policy
+        log("update")
         t = time.perf_counter()
         critic_refs = [c.update.remote(train_ref) for c in self.critics]
         if critic_refs and not self.overlap_roles:
@@ -299,6 +331,7 @@ class RayPPOTrainer:
         times["update"] = time.perf_counter() - t
 
         # 5. sync weights into every engine
+        log("weight sync")
         t = time.perf_counter()
         sync = self.sync_weights()
         times["sync"] = time.perf_counter() - t
@@ -312,7 +345,50 @@ class RayPPOTrainer:
         row = self._metrics(step, stats, {**score, **update}, sync, times)
         self.metrics_history.append(row)
         self.run.log(row)
+        log("metrics %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
         return row
+
+    def _phase_logger(self, step: int) -> Callable[..., None]:
+        total = getattr(self, "total_steps", None) or self.config.training.num_epochs
+        return lambda msg, *args: logger.info(f"epoch {step + 1}/{total}: {msg}", *args)
+
+    def _warn_once(self, messages: list[str]) -> None:
+        for message in messages:
+            if message not in self._warned:
+                self._warned.add(message)
+                logger.warning(message)
+
+    # ---- control from callbacks ------------------------------------------------
+    @property
+    def kl_coef(self) -> float:
+        """The KL coefficient the next update uses."""
+        return self.kl_ctl.value
+
+    def request_stop(self, reason: str) -> None:
+        """End training after the current epoch (early stopping); `reason` is logged."""
+        self.stop_reason = reason
+
+    def adjust(
+        self, reason: str, *, learning_rate: float | None = None, kl_coef: float | None = None
+    ) -> dict:
+        """Change the learning rate and/or KL coefficient from the next update on.
+
+        Each change is logged and appended, with its reason, to `<run>/adjustments.jsonl`.
+        """
+        change: dict[str, Any] = {"step": len(self.metrics_history), "reason": reason}
+        if learning_rate is not None:
+            applied = ray.get([r.set_learning_rate.remote(float(learning_rate)) for r in self.learners])
+            change["learning_rate"] = [self.learning_rate, applied[0]]
+            self.learning_rate = applied[0]
+        if kl_coef is not None and not self.references:
+            logger.warning("kl_coef not changed: this run has no reference model (training.kl_coef=0)")
+            kl_coef = None
+        if kl_coef is not None:
+            change["kl_coef"] = [self.kl_ctl.value, float(kl_coef)]
+            self.kl_ctl.value = float(kl_coef)
+        logger.info("adjusted %s: %s", {k: v for k, v in change.items() if isinstance(v, list)}, reason)
+        self.run.log_adjustment(change)
+        return change
 
     def save_checkpoint(self, path: str) -> str:
         """Save the policy (Hugging Face folder at `path`) and the critic (`path/critic`)."""
@@ -354,7 +430,7 @@ class RayPPOTrainer:
             self.setup()
         rng = random.Random(seed)
         tasks = sample_tasks(
-            self.config.environment, num_tasks, rng, evaluation=held_out, env_class=self.env_class
+            self.config.environment, num_tasks, rng, evaluation=held_out, env_source=self.env_source
         )
         _, stats_ref = self.runner.collect.options(num_returns=2).remote(tasks, 1)
         stats = ray.get(stats_ref)
@@ -369,7 +445,7 @@ class RayPPOTrainer:
         rewards = np.asarray(stats["rewards"], dtype=np.float64)
         return {
             "step": step + 1,
-            "epoch": step + 1,  # the seeds' name for an iteration
+            "epoch": step + 1,  # the integration example's name for an iteration
             "reward_mean": float(rewards.mean()) if rewards.size else 0.0,
             "reward_std": float(rewards.std()) if rewards.size else 0.0,
             "success": float(np.mean(stats["success"])) if stats["success"] else 0.0,
@@ -378,6 +454,9 @@ class RayPPOTrainer:
             "episodes": int(rewards.size),
             "env_errors": len(stats["errors"]),
             "env_restarts": stats["env_restarts"],
+            "truncated_episodes": stats["truncated"],
+            "callback_errors": self.callbacks.total_errors,
+            "learning_rate": self.learning_rate,
             "response_tokens": stats["response_tokens"],
             "tokens_per_s": stats["response_tokens"] / max(stats["seconds"], 1e-9),
             **{

@@ -1,6 +1,6 @@
 """Agent loop role: runs many multi-turn episodes concurrently against the rollout engines.
 
-Each episode is a coroutine (AReaL's `collect_trajectory`, seed 004): it renders the
+Each episode is a coroutine (AReaL's `collect_trajectory`): it renders the
 conversation with the model's own chat template, asks an engine for the next
 assistant turn, hands the decoded text to its environment, and appends the
 environment's reply as a user turn. Every episode awaits the engine on its own, so
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -31,6 +33,16 @@ import pyarrow as pa
 from rayrl.actors.env_host import EnvironmentFailure, EnvironmentPool, new_environment
 from rayrl.config import ConfigError, EnvironmentConfig, InferenceConfig
 from rayrl.envs import BaseEnvironment
+from rayrl.envs.source import EnvironmentSource
+from rayrl.logs import configure_logging
+
+logger = logging.getLogger(__name__)
+TOOL_KEYS = ("successful_tool_calls", "failed_tool_calls", "parse_errors")
+NO_TOOLS_WARNING = (
+    "the reward function reads episode_summary['tools'], but this run trains without tools, "
+    "so every tool count is 0: pass tool_manager= (the MultiTurnManager holding the tools) "
+    "to RayPPOTrainer"
+)
 
 _PLACEHOLDER = "\x00RAYRL_ASSISTANT\x00"
 
@@ -47,6 +59,8 @@ class Episode:
     num_turns: int
     info: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    turn_rewards: list[float] = field(default_factory=list)
+    truncated: bool = False
 
 
 class EpisodeRunner:
@@ -59,9 +73,11 @@ class EpisodeRunner:
         engines: handles of the rollout actors; episodes are spread over them.
         reward_fn: optional "module:function" scoring each finished episode from its
             summary (total_reward, num_turns, tools, messages, final_response, task),
-            replacing the environment's reward; or such a callable itself.
-        env_class: environment class to instantiate per episode instead of the one
-            `env_config.name` names.
+            replacing the environment's reward; or such a callable itself. A
+            `RewardFunction` of type IMMEDIATE scores every assistant turn instead, and
+            each score lands on that turn's tokens.
+        env_source: where each episode's fresh environment comes from (default: the
+            one `env_config.name` names).
         max_episodes: most episodes in flight at once (sizes the environment pool).
     """
 
@@ -72,21 +88,24 @@ class EpisodeRunner:
         inference_config: InferenceConfig,
         engines: list,
         reward_fn: str | Callable[[dict], float] | None = None,
-        env_class: type[BaseEnvironment] | None = None,
+        env_source: EnvironmentSource | None = None,
         max_episodes: int = 1,
     ):
         from transformers import AutoTokenizer
 
+        configure_logging()
         self.env_config = env_config
         self.inference = inference_config
         self.engines = engines
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.env_class = env_class
+        self.env_source = env_source
         probe = self.new_environment()
         self.system_prompt = probe.get_prompt_prefix()
+        self.max_turns = probe.turn_limit()
         self._eos_text = self.tokenizer.eos_token or ""
         self.reward_fn = load_episode_reward(reward_fn) if isinstance(reward_fn, str) else reward_fn
-        self.envs = EnvironmentPool(env_config, env_class, env_config.num_actors or max_episodes)
+        self.warnings: list[str] = []
+        self.envs = EnvironmentPool(env_config, env_source, env_config.num_actors or max_episodes)
 
     async def ready(self) -> int:
         """Start the environment actors and wait for them; returns how many are alive.
@@ -99,7 +118,7 @@ class EpisodeRunner:
 
     def new_environment(self) -> BaseEnvironment:
         """A fresh environment for one episode."""
-        return new_environment(self.env_config, self.env_class)
+        return new_environment(self.env_config, self.env_source)
 
     # ---- chat rendering ----------------------------------------------------
     def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
@@ -146,11 +165,11 @@ class EpisodeRunner:
         ids, messages = self.prompt_ids(first)
         mask = [0] * len(ids)
         logprobs = [0.0] * len(ids)
-        reward, info, error, turns = 0.0, {}, None, 0
-        for _ in range(self.env_config.max_turns):
+        reward, info, error, turns, truncated = 0.0, {}, None, 0, False
+        for _ in range(self.max_turns):
             budget = min(self.inference.max_tokens, self.inference.max_model_len - len(ids) - 1)
-            if budget < 1:
-                error = "context full"
+            if budget < 1:  # the episode ends here like one that ran out of turns
+                truncated = True
                 break
             gen = await engine.generate.remote(ids, budget, temperature)
             turns += 1
@@ -173,18 +192,26 @@ class EpisodeRunner:
             ids += feedback
             mask += [0] * len(feedback)
             logprobs += [0.0] * len(feedback)
+        episode = Episode(ids, mask, logprobs, reward, group, turns, dict(info), error, truncated=truncated)
         if self.reward_fn is not None:
-            reward, error = self._rescore(task, messages, reward, turns, info, error)
-        return Episode(ids, mask, logprobs, reward, group, turns, dict(info), error)
+            await self._rescore(episode, task, messages)
+        return episode
 
-    def _rescore(self, task, messages, env_reward, turns, info, error) -> tuple[float, str | None]:
-        """Apply the configured reward function to the episode summary (seed 000's shape)."""
+    async def _rescore(self, episode: Episode, task: Any, messages: list[dict]) -> None:
+        """Apply the reward function to the episode summary (`total_reward`, `num_turns`,
+        `tools`, `messages`, `final_response`, `task`, `info`), in place.
+
+        A reward that raises scores 0 and records the error for this episode only.
+        """
+        from rayrl.rewards import RewardFunction, RewardType, as_transcript, ascore_turns
+
+        info = episode.info
+        has_tools = all(k in info for k in TOOL_KEYS)
+        tools = {k: info.get(k, 0) for k in TOOL_KEYS}
         summary = {
-            "total_reward": env_reward,
-            "num_turns": turns,
-            "tools": {
-                k: info.get(k, 0) for k in ("successful_tool_calls", "failed_tool_calls", "parse_errors")
-            },
+            "total_reward": episode.reward,
+            "num_turns": episode.num_turns,
+            "tools": tools if has_tools else _ReadWatch(tools),
             "messages": messages,
             "final_response": next(
                 (m["content"] for m in reversed(messages) if m["role"] == "assistant"), ""
@@ -192,10 +219,22 @@ class EpisodeRunner:
             "task": task,
             "info": info,
         }
+        fn = self.reward_fn
         try:
-            return float(self.reward_fn(summary)), error
+            if isinstance(fn, RewardFunction) and fn.reward_type is RewardType.IMMEDIATE:
+                episode.turn_rewards = [float(r) for r in await ascore_turns(fn, as_transcript(summary))]
+                episode.reward = 0.0
+            elif isinstance(fn, RewardFunction):
+                episode.reward = float((await fn.acompute(as_transcript(summary))).score)
+            else:
+                value = fn(summary)
+                episode.reward = float(await value if inspect.isawaitable(value) else value)
         except Exception as err:  # noqa: BLE001 - a reward bug scores 0 for this episode only
-            return 0.0, f"reward_fn failed: {type(err).__name__}: {err}"
+            episode.reward, episode.turn_rewards = 0.0, []
+            episode.error = f"reward_fn failed: {type(err).__name__}: {err}"
+        if not has_tools and summary["tools"].read and NO_TOOLS_WARNING not in self.warnings:
+            logger.warning(NO_TOOLS_WARNING)
+            self.warnings.append(NO_TOOLS_WARNING)
 
     async def collect(
         self, tasks: list[Any], group_size: int, temperature: float | None = None
@@ -221,12 +260,14 @@ class EpisodeRunner:
                 "loss_mask": pa.array([e.loss_mask for e in kept], type=pa.list_(pa.int8())),
                 "rollout_logprobs": pa.array([e.logprobs for e in kept], type=pa.list_(pa.float32())),
                 "reward": pa.array([e.reward for e in kept], type=pa.float64()),
+                # one entry per assistant turn (IMMEDIATE rewards), empty when none
+                "turn_rewards": pa.array([e.turn_rewards for e in kept], type=pa.list_(pa.float64())),
                 "group": pa.array([e.group for e in kept], type=pa.int64()),
                 "num_turns": pa.array([e.num_turns for e in kept], type=pa.int32()),
             }
         )
         stats = {
-            "rewards": [e.reward for e in kept],
+            "rewards": [e.reward + sum(e.turn_rewards) for e in kept],
             "groups": [e.group for e in kept],
             "num_turns": [e.num_turns for e in kept],
             "first_try": [bool(e.info.get("first_try", False)) for e in kept],
@@ -236,10 +277,26 @@ class EpisodeRunner:
             "info": _numeric_info(kept),
             "errors": [e.error for e in episodes if e.error],
             "dropped": len(episodes) - len(kept),
+            "truncated": sum(e.truncated for e in kept),
+            "warnings": list(self.warnings),
             "env_restarts": self.envs.restarts,
             "seconds": seconds,
         }
         return table, stats
+
+
+class _ReadWatch(dict):
+    """The `tools` entry of a summary in a run without tools: notes whether the reward reads it."""
+
+    read = False
+
+    def __getitem__(self, key):
+        self.read = True
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.read = True
+        return super().get(key, default)
 
 
 def _numeric_info(episodes: list[Episode]) -> dict[str, list[float]]:
@@ -276,9 +333,9 @@ def sample_tasks(
     n: int,
     rng: random.Random,
     evaluation: bool = False,
-    env_class: type[BaseEnvironment] | None = None,
+    env_source: EnvironmentSource | None = None,
 ) -> list[Any]:
     """Draw `n` tasks from the configured environment (held-out ones when `evaluation`)."""
-    env = new_environment(env_config, env_class)
+    env = new_environment(env_config, env_source)
     draw = env.sample_eval_task if evaluation else env.sample_task
     return [draw(rng) for _ in range(n)]

@@ -95,6 +95,12 @@ class ActorLearner:
         optim = OptimizerSettings(c.learning_rate, c.weight_decay, c.max_grad_norm)
         return make_strategy(modeling.TokenLogprobs(self.model), optim, c, self.world_size)
 
+    def set_learning_rate(self, learning_rate: float) -> float:
+        """Change the optimizer's learning rate from the next step on; returns the rate the
+        optimizer now holds."""
+        self.strategy.set_learning_rate(learning_rate)
+        return float(self.strategy.optimizer.param_groups[0]["lr"])
+
     # ---- training --------------------------------------------------------
     def update(self, batch: pa.Table, kl_coef: float | None = None) -> dict:
         """One PPO update on a scored batch (see `rayrl.actors.scoring`).

@@ -122,6 +122,14 @@ class SequenceBatch:
         mask = pad([self.masks[r] for r in rows], batch_first=True, padding_value=False)
         return ids.to(device), attn.to(device), mask.to(device)
 
+    def span_ends(self, row: int) -> np.ndarray:
+        """Flat positions of the last token of each trainable span of `row` (one span per
+        engine call, so one per assistant turn), in order."""
+        m = self.masks[row].numpy()
+        nxt = np.append(m[1:], False)
+        ends = np.flatnonzero(m & ~nxt)
+        return self.token_offsets[row] + np.cumsum(m)[ends] - 1
+
     def flat_index(self, rows: np.ndarray) -> np.ndarray:
         """Positions in the flat per-token arrays of the masked tokens of `rows`, in the
         order `token_logprobs` returns them (row by row)."""

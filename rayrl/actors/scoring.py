@@ -52,10 +52,19 @@ def score_batch(
     if config.reward_norm and len(rewards):
         rewards = normalize_rewards(rewards)
 
-    # the episode's reward on its last generated token
+    # the episode's reward on its last generated token, each turn's own reward (IMMEDIATE
+    # rewards) on the last token of that turn
     token_rewards = torch.zeros(seqs.num_tokens, dtype=torch.float64)
     last = torch.from_numpy(seqs.token_offsets[1:] - 1)
     token_rewards[last] = rewards
+    totals = rewards.clone()
+    if "turn_rewards" in batch.column_names:
+        for row, per_turn in enumerate(batch.column("turn_rewards").to_pylist()):
+            if per_turn:
+                ends = seqs.span_ends(row)[: len(per_turn)]
+                turn = torch.tensor(per_turn[: len(ends)], dtype=torch.float64)
+                token_rewards[torch.from_numpy(ends)] += turn
+                totals[row] += turn.sum()
     token_rewards, mask = pad_tokens(token_rewards, counts)
 
     metrics: dict[str, float] = {}
@@ -84,7 +93,7 @@ def score_batch(
     table = with_token_columns(batch, columns)
 
     keep = (
-        informative_groups(rewards, groups) if config.filter_groups else torch.ones(len(rewards), dtype=bool)
+        informative_groups(totals, groups) if config.filter_groups else torch.ones(len(rewards), dtype=bool)
     )
     if not bool(keep.all()):
         table = table.filter(pa.array(keep.numpy()))

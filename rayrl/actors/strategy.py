@@ -144,6 +144,11 @@ class _DataParallel:
             index = torch.from_numpy(seqs.flat_index(part))
             yield MicroBatch(ids, attn, mask, index, weight, k == len(micros) - 1)
 
+    def set_learning_rate(self, learning_rate: float) -> None:
+        """Use `learning_rate` from the next optimizer step on (e.g. an automatic adjustment)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+
 
 def sum_over_ranks(values: list[float], world_size: int) -> list[float]:
     """Element-wise sum of `values` over the ranks of the default group (float64)."""

@@ -135,40 +135,6 @@ def test_reward_fn_from_a_config_line_replaces_the_environment_reward(ray_local,
     assert "env_correct" in row and "env_first_try" in row  # the environment's step info, averaged
 
 
-def test_seed_style_environment_instance_and_reward_callable(ray_local, tiny_model, tmp_path):
-    """Seed 000's shape: RayPPOTrainer(config, environment=<instance of a user class>,
-    reward_fn=<closure>). The user's module is not importable in the actors, so the
-    class must travel by value; the closure's score replaces the game's reward."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs" / "seed_integration"))
-    try:
-        from game_env import TextAdventureEnvironment
-    finally:
-        sys.path.pop(0)
-    config = tiny_config(
-        tiny_model,
-        training={"num_epochs": 1, "batch_size": 4, "group_size": 2, "kl_coef": 0.0},
-        checkpoint={"run_dir": str(tmp_path), "save_final": False},
-    )
-    env = TextAdventureEnvironment(config.environment)
-    bonus = 7.0
-
-    def reward_fn(summary):
-        assert summary["num_turns"] >= 1 and summary["tools"]["successful_tool_calls"] == 0
-        return summary["total_reward"] * 0 + bonus
-
-    trainer = RayPPOTrainer(config=config, environment=env, reward_fn=reward_fn)
-    try:
-        history = trainer.fit(num_epochs=1)
-    finally:
-        trainer.cleanup()
-    assert history[0]["reward_mean"] == pytest.approx(bonus)
-    assert history[0]["env_errors"] == 0
-    assert history[0]["epoch"] == 1 and "total_loss" in history[0]
-
-
 @pytest.mark.parametrize(
     ("training", "checks"),
     [

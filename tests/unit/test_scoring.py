@@ -89,3 +89,24 @@ def test_reward_norm_whitens_episode_rewards_first():
     np.testing.assert_allclose(
         trainable_values(table, "advantages"), trainable_values(table_small, "advantages"), rtol=1e-5
     )
+
+
+def test_turn_rewards_land_on_the_last_token_of_their_own_turn():
+    """Row 0 has two turns (tokens 2-3, then 5); row 2 one turn. A reward given to the
+    first turn reaches that turn's tokens and not the second turn's under reinforce_pp
+    (return-to-go, gamma=1), unlike an episode reward on the last token."""
+    b = batch(rewards=(0.0, 0.0, 0.0, 0.0)).append_column(
+        "turn_rewards", pa.array([[1.0, 0.0], [], [0.5], []], type=pa.list_(pa.float64()))
+    )
+    cfg = TrainingConfig(adv_estimator="reinforce_pp", kl_coef=0)
+    table, _ = score_batch(b, None, None, cfg)
+    returns = table.column("returns").to_pylist()
+    assert returns[0][2:4] == [1.0, 1.0] and returns[0][5] == 0.0  # turn 1 credited, turn 2 not
+    assert returns[2][3:] == [0.5] * 4
+    # the same total as an episode reward credits both turns
+    table_ep, _ = score_batch(batch(rewards=(1.0, 0.0, 0.5, 0.0)), None, None, cfg)
+    assert table_ep.column("returns").to_pylist()[0][5] == 1.0
+    # group estimators compare the rows' totals (turn rewards included)
+    table_g, _ = score_batch(b, None, None, TrainingConfig(adv_estimator="grpo", kl_coef=0))
+    adv = table_g.column("advantages").to_pylist()
+    assert adv[0][2] > 0 > adv[1][1]

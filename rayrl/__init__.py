@@ -44,6 +44,15 @@ _LAZY = {
         "rayrl.agent.parsers",
     ),
     **dict.fromkeys(["MultiTurnManager", "Turn", "ExecutedToolCall"], "rayrl.agent.multi_turn"),
+    "ConversationTurn": "rayrl.agent.conversation",
+    **dict.fromkeys(["ConversationEnvironment", "TaskEnvironment"], "rayrl.envs"),
+    **dict.fromkeys(
+        ["Agent", "AgentConfig", "MultiTurnAgent", "ToolAgent", "load_agent_from_checkpoint"], "rayrl.agents"
+    ),
+    **dict.fromkeys(["train", "train_sync", "AutoTrainer", "PROFILES"], "rayrl.training.train"),
+    **dict.fromkeys(["Callback", "EarlyStopping"], "rayrl.training.callbacks"),
+    "DiagnosticsMonitor": "rayrl.training.diagnostics",
+    "AutoAdjust": "rayrl.training.auto",
     **dict.fromkeys(
         [
             "create_inference_engine",

@@ -72,7 +72,7 @@ class InferenceConfig(_Section):
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     """Engine weight dtype; the learner casts weights to it when syncing."""
 
-    max_model_len: int = Field(1024, ge=16)
+    max_model_len: int = Field(2048, ge=16)
     """Longest sequence (prompt plus all turns) the engine accepts."""
 
     kv_cache_gb: float = Field(1.0, gt=0.0)
@@ -108,7 +108,7 @@ class TrainingConfig(_Section):
     """GAE lambda."""
 
     num_epochs: int = Field(30, ge=1)
-    """Training iterations (rollout, score, update, sync), as the seeds' `fit(num_epochs)`."""
+    """Training iterations (rollout, score, update, sync), as in `RayPPOTrainer.fit(num_epochs)`."""
 
     batch_size: int = Field(64, ge=1)
     """Episodes per iteration; must divide by `group_size`."""
@@ -210,7 +210,7 @@ class TrainingConfig(_Section):
     """torch threads per CPU actor; default: every core of the node."""
 
     reward_fn: str | None = None
-    """Optional "module:function" scoring each episode from its summary dict (seed 000's
+    """Optional "module:function" scoring each episode from its summary dict (the trainer's
     `reward_fn`), replacing the environment's reward."""
 
     eval_tasks: int = Field(64, ge=0)
@@ -282,9 +282,22 @@ class CheckpointConfig(_Section):
     """Save the final policy in Hugging Face format."""
 
 
+_RAY_KEY_HINTS = {
+    "num_actors": "rayrl sizes each role by its own key: inference.num_engines (rollout actors), "
+    "training.num_learners (learner ranks), critic.num_ranks, training.num_references, "
+    "environment.num_actors (environment actors)",
+}
+
+
 class RayConfig(_Section):
     use_ray: bool = True
-    """rayrl always runs its roles as Ray actors; kept for the seeds' API."""
+    """Always true: every rayrl role is a Ray actor, on a local single-node Ray when
+    `address` is unset. Setting it to false is an error that says so."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _RAY_KEY_HINTS:
+            raise ConfigError(f"ray.{name} is not a rayrl key: {_RAY_KEY_HINTS[name]}")
+        super().__setattr__(name, value)
 
     address: str | None = None
     """Cluster address ("auto" or host:port); None starts a local single-node Ray."""
@@ -405,6 +418,11 @@ class ConfigStore(_Section):
             raise ConfigError("training.target_kl adapts training.kl_coef, which is 0 (no reference)")
         if t.reward_fn is not None and not _IMPORT_PATH.match(t.reward_fn):
             raise ConfigError(f"training.reward_fn={t.reward_fn!r} must look like 'package.module:function'")
+        if not self.ray.use_ray:
+            raise ConfigError(
+                "ray.use_ray=false: rayrl runs every role as a Ray actor; without ray.address it "
+                "starts a local single-node Ray, so leave ray.use_ray at true"
+            )
         if inf.backend != "vllm":
             raise ConfigError(
                 f"inference.backend={inf.backend!r} is not available: rayrl ships the vLLM "
@@ -451,7 +469,8 @@ def _describe(err: ValidationError) -> str:
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            lines.append(f"{key}: unknown key")
+            hint = _RAY_KEY_HINTS.get(key.removeprefix("ray.")) if key.startswith("ray.") else None
+            lines.append(f"{key}: unknown key" + (f" ({hint})" if hint else ""))
         else:
             lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
     return "invalid config: " + "; ".join(lines)

@@ -1,4 +1,4 @@
-"""In-process inference for trying an agent before training it (the seeds' API).
+"""In-process inference for trying an agent before training it (the agent API).
 
 `create_inference_engine(model_path, backend)` returns a local vLLM engine (no Ray)
 that renders conversations with the model's own chat template; `MultiTurnInferenceEngine`
@@ -55,6 +55,10 @@ class VLLMInferenceEngine:
 
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gb))
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        # The engine core runs in this process: a spawned engine process re-imports the
+        # caller's __main__, and a script that starts an engine at top level (no
+        # `if __name__ == "__main__":` guard) would then start another one there.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.model_path = resolve_model(model_path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.temperature = temperature

@@ -13,6 +13,17 @@ transparent heuristics (word lists, regexes, word overlap), not a learned judge:
 cheap baselines that a policy can learn to game. A model-judged rubric plugs in as
 a custom `RewardFunction` whose `acompute` awaits the judge.
 
+A reward is written one of two ways. Against the transcript: `compute(episode)`
+gets an `EpisodeTranscript`. Against the conversation, as the seed 002 agent guide
+writes them: `compute_reward(turns, context)` gets the messages as
+`ConversationTurn`s and a plain dict of the rest (`episode_context`). The base
+class converts between the two, so either kind works everywhere (`compute`,
+`acompute`, `__call__`, `CompositeReward`, `score_turns`).
+
+IMMEDIATE rewards score each assistant turn on the conversation up to it:
+`score_turns` gives the agent loop one score per assistant turn, so that each
+score can land on the tokens of its own turn.
+
 A reward bug must not stop a training run: `CompositeReward` scores a component
 that raises as 0 and records the error in the result's metadata.
 """
@@ -27,12 +38,12 @@ import math
 import numbers
 import re
 import threading
-from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal
 
+from rayrl.agent.conversation import ConversationTurn, as_messages, as_turns
 from rayrl.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -43,7 +54,8 @@ class RewardType(Enum):
 
     `compute` is the same either way; the type tells the caller what to pass:
     IMMEDIATE rewards score each assistant turn (the transcript up to that turn,
-    its reply as `response`), EPISODE rewards score the finished episode once.
+    its reply as `response`; see `score_turns`), EPISODE rewards score the
+    finished episode once.
     """
 
     IMMEDIATE = "immediate"
@@ -118,7 +130,8 @@ class EpisodeTranscript:
         Reads `messages` (or `conversation`), `final_response` (or `response`),
         `reference`, `task`, `turn_rewards`, `total_reward`, `num_turns` and
         `tools` = {`successful_tool_calls`, `failed_tool_calls`, `total_tool_calls`};
-        failed calls default to total minus successful. Other keys land in `info`.
+        failed calls default to total minus successful. Other keys land in `info`,
+        and so do the entries of an `info` dict (the agent loop's last step info).
 
         Args:
             summary: the episode summary.
@@ -127,6 +140,10 @@ class EpisodeTranscript:
         known = {"messages", "conversation", "final_response", "response", "reference", "task"}
         known |= {"turn_rewards", "total_reward", "num_turns", "tools"}
         tools = dict(summary.get("tools") or {})
+        nested = summary.get("info")
+        info = dict(nested) if isinstance(nested, Mapping) else {}
+        skip = known | {"info"} if isinstance(nested, Mapping) else known
+        info.update((k, v) for k, v in summary.items() if k not in skip)
         ok = int(tools.get("successful_tool_calls", 0))
         total = int(tools.get("total_tool_calls", ok))
         fields: dict[str, Any] = {
@@ -139,7 +156,7 @@ class EpisodeTranscript:
             "num_turns": int(summary.get("num_turns", 0)),
             "successful_tool_calls": ok,
             "failed_tool_calls": int(tools.get("failed_tool_calls", total - ok)),
-            "info": {k: v for k, v in summary.items() if k not in known},
+            "info": info,
         }
         fields.update(overrides)
         return cls(**fields)
@@ -176,17 +193,77 @@ def as_transcript(episode: EpisodeTranscript | Mapping[str, Any]) -> EpisodeTran
     return EpisodeTranscript.from_summary(episode)
 
 
+_CONTEXT_FIELDS = (
+    "task",
+    "reference",
+    "turn_rewards",
+    "total_reward",
+    "num_turns",
+    "successful_tool_calls",
+    "failed_tool_calls",
+)
+
+
+def episode_context(episode: EpisodeTranscript) -> dict[str, Any]:
+    """The `context` a turn-based reward (`compute_reward(turns, context)`) receives.
+
+    The environment's own context (`episode.info["context"]`, e.g. a task's
+    "completed_actions"), then "task", "reference", "response", "turn_rewards",
+    "total_reward", "num_turns", "successful_tool_calls", "failed_tool_calls" and
+    "info" from the transcript (these win on a name clash).
+
+    Args:
+        episode: the transcript.
+    """
+    env_context = episode.info.get("context")
+    context = dict(env_context) if isinstance(env_context, Mapping) else {}
+    context.update({name: getattr(episode, name) for name in _CONTEXT_FIELDS})
+    context.update(
+        turn_rewards=list(episode.turn_rewards), response=episode.response, info=dict(episode.info)
+    )
+    return context
+
+
+def transcript_from_turns(
+    turns: Sequence[ConversationTurn | Mapping[str, Any]], context: Mapping[str, Any] | None = None
+) -> EpisodeTranscript:
+    """The transcript a transcript-based reward (`compute(episode)`) receives for `turns`.
+
+    The inverse of `episode_context`: the transcript fields named in `context` are
+    read back, and its other keys (minus "response", which the turns define) go to
+    `info["context"]`, so that `episode_context` of the result gives them back.
+
+    Args:
+        turns: the conversation.
+        context: as `episode_context` builds it, or any dict.
+    """
+    context = dict(context or {})
+    fields = {name: context[name] for name in _CONTEXT_FIELDS if context.get(name) is not None}
+    info = dict(context["info"]) if isinstance(context.get("info"), Mapping) else {}
+    extra = {k: v for k, v in context.items() if k not in (*_CONTEXT_FIELDS, "info", "response")}
+    if extra:
+        info["context"] = {**(info.get("context") or {}), **extra}
+    return EpisodeTranscript(messages=as_messages(turns), info=info, **fields)
+
+
 def _snake(name: str) -> str:
     name = name.removesuffix("Reward") or name
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-class RewardFunction(ABC):
-    """Base class of every reward: subclass it and implement `compute`.
+class RewardFunction:
+    """Base class of every reward: subclass it and implement `compute` or `compute_reward`.
 
-    Override `acompute` as well when scoring waits on I/O (a judge model behind
-    an HTTP endpoint); the default runs `compute` in a worker thread so that a
-    slow reward never blocks the event loop of the episodes around it.
+    `compute(episode)` scores an `EpisodeTranscript`; `compute_reward(turns,
+    context=None)`, sync or async, scores the conversation as `ConversationTurn`s
+    with the rest of the episode in `context` (see `episode_context`). Implement
+    one; the base class derives the other, so both kinds work wherever a reward is
+    used. Either may return a `RewardResult` or a float.
+
+    Override `acompute` as well when a transcript-based reward waits on I/O (a
+    judge model behind an HTTP endpoint), or write `compute_reward` as async; the
+    default runs sync code in a worker thread so that a slow reward never blocks
+    the event loop of the episodes around it.
 
     Args:
         weight: multiplier a `CompositeReward` applies to this reward's score
@@ -196,6 +273,15 @@ class RewardFunction(ABC):
             in snake case without "Reward" (`CorrectnessReward` -> "correctness").
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> RewardFunction:
+        # checked here rather than with @abstractmethod because either method will do
+        if cls.compute is RewardFunction.compute and cls.compute_reward is RewardFunction.compute_reward:
+            raise TypeError(
+                f"cannot instantiate {cls.__name__}: implement compute(self, episode) "
+                "or compute_reward(self, turns, context=None)"
+            )
+        return super().__new__(cls)
+
     def __init__(
         self, weight: float = 1.0, reward_type: RewardType = RewardType.EPISODE, name: str | None = None
     ):
@@ -203,13 +289,13 @@ class RewardFunction(ABC):
         self.reward_type = RewardType(reward_type)
         self.name = name or _snake(type(self).__name__)
 
-    @abstractmethod
     def compute(self, episode: EpisodeTranscript) -> RewardResult:
-        """Score `episode`.
+        """Score `episode`; by default `compute_reward` on its turns and context.
 
         Args:
             episode: the transcript to score.
         """
+        return _score_turns_once(self, as_turns(episode.messages), episode_context(episode))
 
     async def acompute(self, episode: EpisodeTranscript) -> RewardResult:
         """Score `episode` without blocking the event loop.
@@ -217,12 +303,45 @@ class RewardFunction(ABC):
         Args:
             episode: the transcript to score.
         """
+        if type(self).compute is RewardFunction.compute:
+            return await _ascore_turns_once(self, as_turns(episode.messages), episode_context(episode))
         return await asyncio.to_thread(self.compute, episode)
 
-    def __call__(self, episode: EpisodeTranscript | Mapping[str, Any]) -> float:
-        """The unweighted score of `episode` (a transcript or a summary dict), so that a
-        reward can be passed wherever a `reward_fn(episode_summary) -> float` is expected."""
-        return self.compute(as_transcript(episode)).score
+    async def compute_reward(
+        self, turns: Sequence[ConversationTurn], context: Mapping[str, Any] | None = None
+    ) -> RewardResult | float:
+        """Score the conversation `turns`; by default `acompute` on the matching transcript.
+
+        Args:
+            turns: the conversation, user and assistant turns in order.
+            context: the rest of the episode (see `episode_context`).
+        """
+        return await self.acompute(transcript_from_turns(turns, context))
+
+    def _scores_turns(self) -> bool:
+        """Whether the reward is written against turns (`compute_reward`)."""
+        return type(self).compute_reward is not RewardFunction.compute_reward
+
+    def _turn_call(self) -> Callable[[list[ConversationTurn], dict[str, Any]], Any]:
+        """The user's `(turns, context) -> score` callable (sync or async)."""
+        return self.compute_reward
+
+    def __call__(
+        self,
+        episode: EpisodeTranscript | Mapping[str, Any] | Sequence[ConversationTurn | Mapping[str, Any]],
+        context: Mapping[str, Any] | None = None,
+    ) -> float:
+        """The unweighted score, so that a reward can be passed wherever a
+        `reward_fn(episode_summary) -> float` is expected.
+
+        Args:
+            episode: a transcript, an episode summary dict, or the conversation as
+                turns or chat dicts.
+            context: with turns, the rest of the episode (see `episode_context`).
+        """
+        if isinstance(episode, EpisodeTranscript | Mapping):
+            return self.compute(as_transcript(episode)).score
+        return _score_turns_once(self, as_turns(episode), dict(context or {})).score
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, weight={self.weight}, reward_type={self.reward_type.name})"
@@ -236,41 +355,220 @@ def _as_result(value: Any, name: str) -> RewardResult:
     raise TypeError(f"reward {name!r} returned {type(value).__name__}; expected a float or RewardResult")
 
 
+def _score_turns_once(
+    reward: RewardFunction, turns: list[ConversationTurn], context: dict[str, Any]
+) -> RewardResult:
+    """`reward`'s result on `turns`, through whichever of its methods the user wrote."""
+    if not reward._scores_turns():
+        return reward.compute(transcript_from_turns(turns, context))
+    value = reward._turn_call()(turns, context)
+    if inspect.isawaitable(value):
+        value = _run_to_completion(value, reward.name)
+    return _as_result(value, reward.name)
+
+
+async def _ascore_turns_once(
+    reward: RewardFunction, turns: list[ConversationTurn], context: dict[str, Any]
+) -> RewardResult:
+    """Async `_score_turns_once`: awaits async user code, runs sync user code in a thread."""
+    if not reward._scores_turns():
+        return await reward.acompute(transcript_from_turns(turns, context))
+    call = reward._turn_call()
+    if _is_async(call):
+        value = await call(turns, context)
+    else:
+        value = await asyncio.to_thread(call, turns, context)
+        if inspect.isawaitable(value):
+            value = await value
+    return _as_result(value, reward.name)
+
+
+def _is_async(fn: Any) -> bool:
+    if isinstance(fn, _DropContext):
+        fn = fn.fn
+    return inspect.iscoroutinefunction(fn)
+
+
+def _assistant_prefixes(
+    episode: EpisodeTranscript | Mapping[str, Any] | Sequence[ConversationTurn | Mapping[str, Any]],
+    context: Mapping[str, Any] | None,
+) -> list[tuple[list[ConversationTurn], dict[str, Any]]]:
+    """(turns up to and including assistant turn k, its context) for each assistant turn k."""
+    if isinstance(episode, EpisodeTranscript | Mapping):
+        transcript = as_transcript(episode)
+        turns, base = as_turns(transcript.messages), episode_context(transcript)
+    else:
+        turns, base = as_turns(episode), {}
+    base.update(context or {})
+    prefixes = []
+    for i, turn in enumerate(turns):
+        if turn.role == "assistant":
+            k = len(prefixes)
+            prefixes.append(
+                (turns[: i + 1], {**base, "turn_index": k, "num_turns": k + 1, "response": turn.content})
+            )
+    return prefixes
+
+
+def _check_immediate(reward: RewardFunction) -> None:
+    if reward.reward_type is not RewardType.IMMEDIATE:
+        raise ValueError(
+            f"reward {reward.name!r} is {reward.reward_type.name}; score_turns scores IMMEDIATE rewards "
+            "(score an EPISODE reward once with compute/acompute)"
+        )
+
+
+def score_turns(
+    reward: RewardFunction,
+    episode: EpisodeTranscript | Mapping[str, Any] | Sequence[ConversationTurn | Mapping[str, Any]],
+    context: Mapping[str, Any] | None = None,
+) -> list[float]:
+    """One score per assistant turn of an IMMEDIATE reward, in order.
+
+    Assistant turn k is scored on the conversation up to and including it, as
+    `compute_reward(turns[:i + 1], context)` for a turn-based reward or `compute` on
+    that prefix's transcript (its reply is the `response`) for a transcript-based
+    one. The context is the episode's (see `episode_context`), updated with
+    `context`, plus "turn_index" (k), "num_turns" (k + 1) and "response" (the
+    reply); episode-level entries such as "total_reward" describe the whole
+    episode. Scores are unweighted, like `__call__`: apply `reward.weight`
+    yourself when mixing. Pure: nothing is stored between calls.
+
+    Sync user code runs in the calling thread; an async reward needs
+    `ascore_turns` when an event loop is running.
+
+    Args:
+        reward: an IMMEDIATE reward.
+        episode: a transcript, an episode summary dict, or the messages (chat dicts
+            or `ConversationTurn`s).
+        context: entries added to (or replacing) the context of every turn.
+
+    Raises:
+        ValueError: the reward is not IMMEDIATE (an EPISODE reward is scored once).
+        Exception: whatever the reward raises, unchanged (the caller decides what a
+            failed reward costs).
+    """
+    _check_immediate(reward)
+    return [
+        _score_turns_once(reward, turns, ctx).score for turns, ctx in _assistant_prefixes(episode, context)
+    ]
+
+
+async def ascore_turns(
+    reward: RewardFunction,
+    episode: EpisodeTranscript | Mapping[str, Any] | Sequence[ConversationTurn | Mapping[str, Any]],
+    context: Mapping[str, Any] | None = None,
+) -> list[float]:
+    """`score_turns` for use inside an event loop: async rewards are awaited, sync ones
+    run in a worker thread; turns are scored one after another.
+
+    Args:
+        reward: an IMMEDIATE reward.
+        episode: as for `score_turns`.
+        context: as for `score_turns`.
+    """
+    _check_immediate(reward)
+    return [
+        (await _ascore_turns_once(reward, turns, ctx)).score
+        for turns, ctx in _assistant_prefixes(episode, context)
+    ]
+
+
 class FunctionReward(RewardFunction):
-    """A plain function `episode -> float | RewardResult` as a RewardFunction.
+    """A plain function as a RewardFunction.
+
+    The function is called one of two ways, read from its signature unless
+    `call_with` says: with "turns" (`fn(turns, context)`: the messages as
+    `ConversationTurn`s and the context of `episode_context`) when its first
+    parameter is named `turns` or it takes two positional parameters and the first
+    is not named `episode`; else with "episode" (`fn(episode)`, an
+    `EpisodeTranscript`). A function whose only parameter is `turns` gets no
+    context. It returns a float or a RewardResult.
 
     Async functions work too: `acompute` awaits them, and `compute` runs them to
     completion when no event loop is running in the calling thread.
 
     Args:
-        fn: the function; it receives an `EpisodeTranscript`.
+        fn: the function.
         weight: as for `RewardFunction`.
         reward_type: as for `RewardFunction`.
         name: as for `RewardFunction`; default the function's name.
+        call_with: "turns" or "episode"; default read from the signature.
     """
 
     def __init__(
         self,
-        fn: Callable[[EpisodeTranscript], Any],
+        fn: Callable[..., Any],
         weight: float = 1.0,
         reward_type: RewardType = RewardType.EPISODE,
         name: str | None = None,
+        call_with: Literal["turns", "episode"] | None = None,
     ):
         super().__init__(weight, reward_type, name or getattr(fn, "__name__", None) or "function")
+        if call_with not in (None, "turns", "episode"):
+            raise ValueError(f"call_with must be 'turns', 'episode' or None, got {call_with!r}")
+        positional = _positional_parameters(fn)
+        if call_with is None:
+            names = positional or []
+            first = names[0] if names else None
+            takes_turns = first == "turns" or (first != "episode" and len(names) >= 2)
+            call_with = "turns" if takes_turns else "episode"
         self.fn = fn
+        self.call_with = call_with
+        # a `(turns)`-only function has nowhere to put the context
+        self._pass_context = positional is None or len(positional) >= 2
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
+    def _scores_turns(self) -> bool:
+        return self.call_with == "turns"
+
+    def _turn_call(self) -> Callable[[list[ConversationTurn], dict[str, Any]], Any]:
+        return self.fn if self._pass_context else _DropContext(self.fn)
+
     def compute(self, episode: EpisodeTranscript) -> RewardResult:
+        if self.call_with == "turns":
+            return _score_turns_once(self, as_turns(episode.messages), episode_context(episode))
         value = self.fn(episode)
         if inspect.isawaitable(value):
             value = _run_to_completion(value, self.name)
         return _as_result(value, self.name)
 
     async def acompute(self, episode: EpisodeTranscript) -> RewardResult:
+        if self.call_with == "turns":
+            return await _ascore_turns_once(self, as_turns(episode.messages), episode_context(episode))
         if inspect.iscoroutinefunction(self.fn):
             return _as_result(await self.fn(episode), self.name)
-        return await super().acompute(episode)
+        return await asyncio.to_thread(self.compute, episode)
+
+    async def compute_reward(
+        self, turns: Sequence[ConversationTurn], context: Mapping[str, Any] | None = None
+    ) -> RewardResult | float:
+        if self.call_with == "turns":
+            return await _ascore_turns_once(self, as_turns(turns), dict(context or {}))
+        return await super().compute_reward(turns, context)
+
+
+def _positional_parameters(fn: Callable[..., Any]) -> list[str] | None:
+    """Names of `fn`'s positional parameters; None when it takes `*args` or has no signature."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return None
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in params if p.kind in positional]
+
+
+class _DropContext:
+    """`fn(turns)` called as `(turns, context)`; a class, not a closure, so it pickles."""
+
+    def __init__(self, fn: Callable[[list[ConversationTurn]], Any]):
+        self.fn = fn
+
+    def __call__(self, turns: list[ConversationTurn], context: dict[str, Any]) -> Any:
+        return self.fn(turns)
 
 
 def _run_to_completion(awaitable: Awaitable[Any], name: str) -> Any:
@@ -288,22 +586,28 @@ def _run_to_completion(awaitable: Awaitable[Any], name: str) -> Any:
 
 
 def reward_function(
-    weight: float = 1.0, reward_type: RewardType = RewardType.EPISODE, name: str | None = None
-) -> Callable[[Callable[[EpisodeTranscript], Any]], FunctionReward]:
-    """Decorator that turns `fn(episode) -> float | RewardResult` into a `FunctionReward`.
+    weight: float = 1.0,
+    reward_type: RewardType = RewardType.EPISODE,
+    name: str | None = None,
+    call_with: Literal["turns", "episode"] | None = None,
+) -> Callable[[Callable[..., Any]], FunctionReward]:
+    """Decorator that turns a function into a `FunctionReward`.
 
-    Use it with parentheses: `@reward_function(weight=0.5)`.
+    The function is `fn(episode)` or `fn(turns, context=None)`, sync or async,
+    returning a float or RewardResult (see `FunctionReward` for how the two are
+    told apart). Use it with parentheses: `@reward_function(weight=0.5)`.
 
     Args:
         weight: as for `RewardFunction`.
         reward_type: as for `RewardFunction`.
         name: as for `RewardFunction`; default the function's name.
+        call_with: as for `FunctionReward`.
     """
     if callable(weight):
         raise TypeError("use @reward_function() with parentheses (weight, reward_type and name are optional)")
 
-    def wrap(fn: Callable[[EpisodeTranscript], Any]) -> FunctionReward:
-        return FunctionReward(fn, weight=weight, reward_type=reward_type, name=name)
+    def wrap(fn: Callable[..., Any]) -> FunctionReward:
+        return FunctionReward(fn, weight=weight, reward_type=reward_type, name=name, call_with=call_with)
 
     return wrap
 
@@ -856,7 +1160,11 @@ __all__ = [
     "RewardType",
     "SafetyReward",
     "as_transcript",
+    "ascore_turns",
+    "episode_context",
     "key_terms",
     "load_reward",
     "reward_function",
+    "score_turns",
+    "transcript_from_turns",
 ]

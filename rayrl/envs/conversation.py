@@ -14,22 +14,43 @@ real reward for anything beyond smoke tests.
 `TaskEnvironment` gives a goal and checks the assistant's replies so far against
 success criteria (substrings, regexes or keyword sets, all case-insensitive, plus
 optional forbidden words); while criteria are missing the user turn names them.
+Success is "every criterion met" unless a `success_criteria(turns, context)`
+callable is given: then the criteria only fill the episode context (which are
+required, which are met) and the callable decides. A callable is user code run
+inside a training run, so one that raises fails that step, not the episode.
+
+Both keep the episode's state that user code reads in a `context` dict (also in
+each step's info), so reward functions and success checks see the goal, the
+persona or the actions completed without reaching into the environment.
 
 Scenarios and tasks given to the constructor serve direct use; rayrl's runner
 builds environments from the config alone, so training reads them from `params`.
+Environments are deep-copied per episode and pickled to Ray actors, so they hold
+only plain data, pydantic models and the user's callables.
 """
 
 from __future__ import annotations
 
 import random
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
+from rayrl.agent.conversation import ConversationTurn
 from rayrl.config import ConfigError, EnvironmentConfig
 from rayrl.envs._params import validate_params
 from rayrl.envs.base import BaseEnvironment, StepResult
+
+SuccessCheck = Callable[[list[ConversationTurn], dict[str, Any]], Any]
+"""`success_criteria(turns, context) -> bool`: turns of the episode so far, the episode context."""
+
+
+def _turn_limit(max_turns: Any) -> int | None:
+    """`max_turns` validated as None or an int >= 1 (ConfigError naming the key)."""
+    return validate_params(Annotated[int, Field(ge=1, strict=True)] | None, max_turns, "max_turns")
+
 
 _WORD = re.compile(r"[a-z0-9']+")
 _STOPWORDS = frozenset(
@@ -44,13 +65,15 @@ def content_words(text: str) -> set[str]:
 
 
 class Scenario(BaseModel):
-    """One scripted conversation; extra keys (topic, context) are kept and ignored."""
+    """One scripted conversation; extra keys (topic, context) are kept and land in
+    the episode context."""
 
     model_config = ConfigDict(extra="allow")
 
     id: str
     user_responses: list[str] = Field(min_length=1)
     max_turns: int | None = Field(None, ge=1)
+    persona: str | None = None
 
 
 class ConversationParams(BaseModel):
@@ -73,13 +96,28 @@ class ConversationParams(BaseModel):
 class ConversationEnvironment(BaseEnvironment):
     """Talk through a scripted user's turns; each reply is scored on its own.
 
+    The persona describes the simulated user. The script, not the persona, decides
+    what the user says; the persona is there for rewards and logs to read (episode
+    `context`, step info).
+
     Args:
         config: environment section; its `params` are `ConversationParams`.
-        scenarios: scenario dicts ("id", "user_responses", optional "max_turns");
-            replace `params.scenarios` when given.
+        scenarios: scenario dicts ("id", "user_responses", optional "max_turns",
+            "persona" and any other keys, such as "topic"); replace
+            `params.scenarios` when given.
+        max_turns: assistant turns per episode, instead of `config.max_turns`; a
+            scenario's own "max_turns" wins, and no episode outlasts its script.
+        persona: description of the simulated user; a scenario's own "persona" wins.
     """
 
-    def __init__(self, config: EnvironmentConfig | None = None, scenarios: list[dict] | None = None):
+    def __init__(
+        self,
+        config: EnvironmentConfig | None = None,
+        scenarios: list[dict] | None = None,
+        *,
+        max_turns: int | None = None,
+        persona: str | None = None,
+    ):
         super().__init__(config)
         self.params = validate_params(ConversationParams, self.config.params)
         self.scenarios = (
@@ -87,8 +125,34 @@ class ConversationEnvironment(BaseEnvironment):
             if scenarios is not None
             else list(self.params.scenarios)
         )
+        self.max_turns = _turn_limit(max_turns)
+        self.persona = validate_params(str | None, persona, "persona")
         self.scenario: Scenario | None = None
         self.limit = 0
+
+    def _limit(self, scenario: Scenario) -> int:
+        default = self.max_turns or self.config.max_turns
+        return min(len(scenario.user_responses), scenario.max_turns or default)
+
+    def turn_limit(self) -> int:
+        """The agent loop's cap: `max_turns` (else `config.max_turns`), raised to the longest
+        episode a known scenario allows with its own "max_turns"."""
+        return max([super().turn_limit(), *(self._limit(s) for s in self.scenarios)])
+
+    @property
+    def context(self) -> dict[str, Any]:
+        """The current episode's context: the scenario's extra keys (topic, context...),
+        "scenario" (its id), "persona", "turn" (assistant turns so far) and
+        "max_turns" (this episode's limit). Empty before `reset`."""
+        if self.scenario is None:
+            return {}
+        return {
+            **(self.scenario.model_extra or {}),
+            "scenario": self.scenario.id,
+            "persona": self.scenario.persona or self.persona,
+            "turn": self.step_count,
+            "max_turns": self.limit,
+        }
 
     def get_prompt_prefix(self) -> str:
         return self.config.system_prompt or self.params.system_prompt
@@ -113,8 +177,7 @@ class ConversationEnvironment(BaseEnvironment):
     def reset(self, task: Any = None) -> str:
         """Start `task`: a scenario dict, a scenario id, or None for the first scenario."""
         self.scenario = self._resolve(task)
-        turns = len(self.scenario.user_responses)
-        self.limit = min(turns, self.scenario.max_turns or self.config.max_turns)
+        self.limit = self._limit(self.scenario)
         self.step_count = 0
         self.episode_reward = 0.0
         self._done = False
@@ -142,7 +205,14 @@ class ConversationEnvironment(BaseEnvironment):
         self.episode_reward += reward
         self._done = self.step_count >= self.limit
         obs = "" if self._done else self.scenario.user_responses[self.step_count]
-        info = {"scenario": self.scenario.id, "overlap": overlap, "empty": not str(action).strip()}
+        context = self.context
+        info = {
+            "scenario": self.scenario.id,
+            "persona": context["persona"],
+            "overlap": overlap,
+            "empty": not str(action).strip(),
+            "context": context,
+        }
         return obs, reward, self._done, info
 
 
@@ -196,24 +266,62 @@ class Criterion(BaseModel):
 
 
 class TaskSpec(BaseModel):
-    """One goal-directed task; the first observation is `prompt`, else `goal`."""
+    """One goal-directed task.
+
+    Its first user message is `prompt`, else built from `description` and `goal`
+    (`opening`). Criteria come from "success_criteria" or, as seed 002 writes them,
+    "required_actions". A callable under "success_criteria" is this task's own
+    success check (`success_check`), and its criteria then come from
+    "required_actions". Extra keys are kept and land in the episode context.
+    """
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    id: str
+    id: str | None = None
     prompt: str | None = None
+    description: str | None = None
     goal: str | None = None
     success_criteria: list[Criterion] = Field(
-        min_length=1, validation_alias=AliasChoices("success_criteria", "required_actions")
+        default_factory=list, validation_alias=AliasChoices("success_criteria", "required_actions")
     )
+    success_check: SuccessCheck | None = None
     forbidden: list[str] = Field(default_factory=list)
     max_turns: int | None = Field(None, ge=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _callable_criteria(cls, value: Any) -> Any:
+        # the guide passes the success check under the same key as criteria lists
+        if isinstance(value, dict) and callable(value.get("success_criteria")):
+            value = dict(value)
+            value["success_check"] = value.pop("success_criteria")
+        return value
+
     @model_validator(mode="after")
     def _has_text(self) -> TaskSpec:
-        if not (self.prompt or self.goal):
-            raise ValueError("a task needs a prompt or a goal")
+        if not (self.prompt or self.goal or self.description):
+            raise ValueError("a task needs a prompt, a goal or a description")
         return self
+
+    @property
+    def opening(self) -> str:
+        """The first user message: `prompt`, else "<description>. Goal: <goal>." (either alone
+        when the other is missing)."""
+        if self.prompt:
+            return self.prompt
+        if self.description and self.goal:
+            return f"{_sentence(self.description)} Goal: {_sentence(self.goal)}"
+        return str(self.goal or self.description)
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def _number_tasks(tasks: list[TaskSpec]) -> list[TaskSpec]:
+    """`tasks` with "task_<index>" as the id of those that have none."""
+    return [t if t.id is not None else t.model_copy(update={"id": f"task_{i}"}) for i, t in enumerate(tasks)]
 
 
 class TaskParams(BaseModel):
@@ -222,9 +330,9 @@ class TaskParams(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     tasks: list[TaskSpec] = Field(default_factory=list)
-    """Tasks `sample_task` draws from."""
+    """Tasks `sample_task` draws from; those without an id get "task_<index>"."""
     success_reward: float = 1.0
-    """Reward of the turn on which every criterion is first met."""
+    """Reward of the turn on which the task first succeeds."""
     system_prompt: str = "You are a helpful assistant. Complete the user's task."
     """System prompt."""
 
@@ -233,24 +341,72 @@ class TaskEnvironment(BaseEnvironment):
     """Reach a goal; the user names the criteria still missing after each reply.
 
     Criteria are checked on all assistant replies so far, joined, so a task may be
-    completed across turns. Success gives `success_reward` and ends the episode; a
-    forbidden word in a reply ends it with reward 0; otherwise the episode ends
-    after the task's `max_turns` (default `config.max_turns`).
+    completed across turns. The task succeeds when every criterion is met or, with
+    a success check (the task's own, else the `success_criteria` argument), when
+    `check(turns, context)` is truthy; a check that raises counts as not yet
+    successful and its error is in the step info as "success_criteria_error".
+    Success gives `success_reward` and ends the episode; a forbidden word in a
+    reply ends it with reward 0; otherwise the episode ends after the task's
+    `max_turns`, else the `max_turns` argument, else `config.max_turns`.
+
+    The episode context (`context`, and "context" in each step's info) holds the
+    task's extra keys plus "task_id", "prompt", "description", "goal",
+    "required_actions" (criterion names), "completed_actions" (those met so far),
+    "missing_actions", "violated" (forbidden words used), "turn" and "max_turns".
 
     Args:
         config: environment section; its `params` are `TaskParams`.
-        tasks: task dicts ("id", "prompt"/"goal", "success_criteria", optional
-            "forbidden" and "max_turns"); replace `params.tasks` when given.
+        tasks: task dicts ("id", "prompt"/"description"/"goal",
+            "success_criteria" or "required_actions", optional "forbidden" and
+            "max_turns"); replace `params.tasks` when given.
+        success_criteria: `check(turns, context) -> bool`, where `turns` are the
+            episode's `ConversationTurn`s so far (user and assistant, ending with
+            the reply just given) and `context` the episode context above.
+        max_turns: assistant turns per episode, instead of `config.max_turns`.
     """
 
-    def __init__(self, config: EnvironmentConfig | None = None, tasks: list[dict] | None = None):
+    def __init__(
+        self,
+        config: EnvironmentConfig | None = None,
+        tasks: list[dict] | None = None,
+        *,
+        success_criteria: SuccessCheck | None = None,
+        max_turns: int | None = None,
+    ):
         super().__init__(config)
         self.params = validate_params(TaskParams, self.config.params)
-        self.tasks = (
+        where = "tasks" if tasks is not None else "environment.params.tasks"
+        self.tasks = _number_tasks(
             validate_params(list[TaskSpec], tasks, "tasks") if tasks is not None else list(self.params.tasks)
         )
+        if success_criteria is not None and not callable(success_criteria):
+            raise ConfigError(
+                "success_criteria: expected a callable (turns, context) -> bool, "
+                f"got {type(success_criteria).__name__}"
+            )
+        self.success_criteria = success_criteria
+        self.max_turns = _turn_limit(max_turns)
+        for i, spec in enumerate(self.tasks):
+            self._check_decidable(spec, f"{where}.{i}")
         self.task: TaskSpec | None = None
         self.replies: list[str] = []
+        self.turns: list[ConversationTurn] = []
+        self._context: dict[str, Any] = {}
+
+    def _check_decidable(self, spec: TaskSpec, where: str) -> None:
+        if not spec.success_criteria and spec.success_check is None and self.success_criteria is None:
+            raise ConfigError(
+                f"{where}.success_criteria: no criteria (success_criteria or required_actions) "
+                "and no success_criteria callable, so the task could never succeed"
+            )
+
+    def _limit(self, spec: TaskSpec) -> int:
+        return spec.max_turns or self.max_turns or self.config.max_turns
+
+    def turn_limit(self) -> int:
+        """The agent loop's cap: `max_turns` (else `config.max_turns`), raised to the longest
+        episode a known task allows with its own "max_turns"."""
+        return max([super().turn_limit(), *(self._limit(t) for t in self.tasks)])
 
     def get_prompt_prefix(self) -> str:
         return self.config.system_prompt or self.params.system_prompt
@@ -264,13 +420,37 @@ class TaskEnvironment(BaseEnvironment):
         if isinstance(task, TaskSpec):
             return task
         if isinstance(task, dict):
-            return validate_params(TaskSpec, task, "task")
+            spec = validate_params(TaskSpec, task, "task")
+            self._check_decidable(spec, "task")
+            return spec if spec.id is not None else spec.model_copy(update={"id": "task"})
         if task is None and self.tasks:
             return self.tasks[0]
         for spec in self.tasks:
             if spec.id == task:
                 return spec
         raise ValueError(f"unknown task {task!r}; known ids: {[t.id for t in self.tasks]}")
+
+    @property
+    def context(self) -> dict[str, Any]:
+        """A copy of the current episode's context (see the class docstring); empty before `reset`."""
+        return dict(self._context)
+
+    def _update_context(
+        self, task: TaskSpec, met: list[str], missing: list[str], violated: list[str]
+    ) -> None:
+        self._context = {
+            **(task.model_extra or {}),
+            "task_id": task.id,
+            "prompt": task.prompt,
+            "description": task.description,
+            "goal": task.goal,
+            "required_actions": [c.label for c in task.success_criteria],
+            "completed_actions": met,
+            "missing_actions": missing,
+            "violated": violated,
+            "turn": self.step_count,
+            "max_turns": self._limit(task),
+        }
 
     def reset(self, task: Any = None) -> str:
         """Start `task`: a task dict, a task id, or None for the first task."""
@@ -279,33 +459,47 @@ class TaskEnvironment(BaseEnvironment):
         self.step_count = 0
         self.episode_reward = 0.0
         self._done = False
-        return str(self.task.prompt or self.task.goal)
+        opening = self.task.opening
+        self.turns = [ConversationTurn("user", opening)]
+        self._update_context(self.task, [], [c.label for c in self.task.success_criteria], [])
+        return opening
 
     def step(self, action: str) -> StepResult:
         if self.task is None or self._done:
             raise RuntimeError("step() called before reset() or after the episode ended")
-        self.replies.append(str(action))
+        reply = str(action)
+        self.replies.append(reply)
+        self.turns.append(ConversationTurn("assistant", reply))
         self.step_count += 1
         text = "\n".join(self.replies).lower()
         violated = [w for w in self.task.forbidden if w.lower() in text]
         met = [c.label for c in self.task.success_criteria if c.met(text)]
         missing = [c.label for c in self.task.success_criteria if not c.met(text)]
-        success = not violated and not missing
+        self._update_context(self.task, met, missing, violated)
+        info: dict[str, Any] = {"task": self.task.id, "met": met, "missing": missing, "violated": violated}
+        check = self.task.success_check or self.success_criteria
+        if check is None:
+            success = not missing
+        else:
+            try:
+                success = bool(check(list(self.turns), self.context))
+            except Exception as err:  # noqa: BLE001 - a bug in user code fails this step, not the run
+                success = False
+                info["success_criteria_error"] = f"{type(err).__name__}: {err}"
+        success = success and not violated
         reward = self.params.success_reward if success else 0.0
+        self.turns[-1].reward = reward
         self.episode_reward += reward
-        limit = self.task.max_turns or self.config.max_turns
-        self._done = success or bool(violated) or self.step_count >= limit
+        self._done = success or bool(violated) or self.step_count >= self._limit(self.task)
         if success:
             obs = "Task complete."
         elif violated:
             obs = f"Task failed: the reply used {', '.join(violated)}."
-        else:
+        elif missing:
             obs = f"Not done yet. Still missing: {', '.join(missing)}."
-        info = {
-            "task": self.task.id,
-            "success": success,
-            "met": met,
-            "missing": missing,
-            "violated": violated,
-        }
+        else:
+            obs = "Not done yet."
+        if not self._done:
+            self.turns.append(ConversationTurn("user", obs))
+        info.update(success=success, context=self.context)
         return obs, reward, self._done, info

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rayrl.agent.parsers import ActionParser
@@ -59,6 +59,7 @@ class Turn:
         done: whether the episode ended with this turn.
         answer: the reply held no tool call and went to the environment as an answer
             (managers built with `answers_to_environment=True`).
+        info: the environment's step info for an answer.
     """
 
     index: int
@@ -70,6 +71,7 @@ class Turn:
     reward: float
     done: bool
     answer: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 class MultiTurnManager:
@@ -155,7 +157,7 @@ class MultiTurnManager:
         return self.answers_to_environment and self.environment is not None and not parsed.ok
 
     def _record_answer(self, observation, model_output, result) -> Turn:
-        feedback, reward, done, _ = result
+        feedback, reward, done, info = result
         index = len(self.turns)
         logger.debug("turn %d: answer to the environment, reward %s", index, reward)
         turn = Turn(
@@ -168,6 +170,7 @@ class MultiTurnManager:
             float(reward),
             bool(done) or index + 1 >= self.max_turns,
             answer=True,
+            info=dict(info or {}),
         )
         self.turns.append(turn)
         return turn

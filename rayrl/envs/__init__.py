@@ -7,6 +7,7 @@ import importlib
 from rayrl.config import ConfigError, EnvironmentConfig
 from rayrl.envs.action_math import ActionMathEnvironment
 from rayrl.envs.base import BaseEnvironment
+from rayrl.envs.calculator_math import CalculatorMathEnvironment
 from rayrl.envs.conversation import ConversationEnvironment, TaskEnvironment
 from rayrl.envs.gym_adapter import GymTextEnvironment
 from rayrl.envs.math_feedback import MathFeedbackEnvironment
@@ -21,6 +22,7 @@ BUILTIN_ENVIRONMENTS: dict[str, type[BaseEnvironment]] = {
     "task": TaskEnvironment,
     "action_math": ActionMathEnvironment,
     "gym": GymTextEnvironment,
+    "calculator_math": CalculatorMathEnvironment,
 }
 
 
@@ -52,6 +54,7 @@ __all__ = [
     "BUILTIN_ENVIRONMENTS",
     "ActionMathEnvironment",
     "BaseEnvironment",
+    "CalculatorMathEnvironment",
     "ConversationEnvironment",
     "GymTextEnvironment",
     "MathFeedbackEnvironment",

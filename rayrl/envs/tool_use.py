@@ -45,6 +45,8 @@ class ToolUseEnvironment(BaseEnvironment):
             Small models rarely produce a valid call at first; these two shape the reward
             so that GRPO sees a spread before the task reward does.
         example: an example reply appended to the system prompt.
+        answers_to_environment: a reply without a tool call is an answer for `inner`
+            (see `MultiTurnManager`); False: every reply must be a call.
     """
 
     def __init__(
@@ -56,11 +58,14 @@ class ToolUseEnvironment(BaseEnvironment):
         valid_call_bonus: float = 0.0,
         format_bonus: float = 0.0,
         example: str | None = None,
+        answers_to_environment: bool = False,
     ):
         if parser not in PARSERS:
             raise ConfigError(f"environment.params.parser={parser!r}: choose one of {sorted(PARSERS)}")
         registry = ToolRegistry(make_tools(inner))
-        manager = MultiTurnManager(registry, PARSERS[parser](registry), inner, config.max_turns)
+        manager = MultiTurnManager(
+            registry, PARSERS[parser](registry), inner, config.max_turns, answers_to_environment
+        )
         self._bind(config, manager, valid_call_bonus, format_bonus, example)
 
     @classmethod
@@ -114,6 +119,7 @@ class ToolUseEnvironment(BaseEnvironment):
         return f"{base}\n\n{self.manager.instructions()}{example}".strip()
 
     def reset(self, task: Any = None) -> str:
+        self._answer_info: dict[str, Any] = {}
         self.step_count = 0
         self.episode_reward = 0.0
         self._done = False
@@ -133,7 +139,10 @@ class ToolUseEnvironment(BaseEnvironment):
         self.episode_reward += reward
         self._done = turn.done
         tools = self.manager.episode_summary()["tools"]
+        if turn.answer:
+            self._answer_info = turn.info
         info = {
+            **self._answer_info,  # the environment's own step info of the latest answer
             "valid_call": valid,
             "valid_call_rate": tools["valid_call_rate"],
             "successful_tool_calls": tools["successful_tool_calls"],

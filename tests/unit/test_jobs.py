@@ -13,7 +13,15 @@ JOBS = sorted((Path(__file__).resolve().parents[2] / "jobs").glob("*.yaml"))
 
 def test_there_is_a_job_per_builtin_environment_family():
     names = {ConfigStore.from_yaml(p).environment.name for p in JOBS}
-    assert {"math_feedback", "text_adventure_tools", "conversation", "task", "action_math", "gym"} <= names
+    assert {
+        "math_feedback",
+        "text_adventure_tools",
+        "conversation",
+        "task",
+        "action_math",
+        "gym",
+        "calculator_math",
+    } <= names
 
 
 @pytest.mark.parametrize("path", JOBS, ids=[p.stem for p in JOBS])

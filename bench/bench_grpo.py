@@ -4,7 +4,7 @@ against raw vLLM on the same prompts, and weight-sync GB/s. Prints a table.
     .venv/bin/python bench/bench_grpo.py [--steps 6] [--prompts 8] [--samples 4] [--max-tokens 48]
 
 The default shape (8 prompts x 4 samples x 48 new tokens, one turn) is the one TRL's
-GRPOTrainer took about 47 s per step for on this 2-core machine (PLATFORM.md).
+GRPOTrainer took about 47 s per step for on this 2-core machine.
 Phases run in separate processes one after the other, so they never share the cores.
 """
 

@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 # them all while it generates.
 ACTOR_ENV = {
     "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "1",  # AsyncLLM's engine core in its own process
     "VLLM_LOGGING_LEVEL": "WARNING",
     "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_OFFLINE": "1",

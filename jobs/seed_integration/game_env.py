@@ -1,4 +1,4 @@
-# Seed 000's environment, as a user writes it (only the import path changed).
+# The integration example's environment, as a user writes it (only the import path changed).
 from typing import Any, Dict, Tuple
 
 from rayrl import BaseEnvironment, EnvironmentConfig

@@ -1,4 +1,4 @@
-# Seed 000's tools, as a user writes them (only the import path changed).
+# The integration example's tools, as a user writes them (only the import path changed).
 from rayrl import Tool, ToolDefinition, ToolParameter
 
 

@@ -1,5 +1,7 @@
-# Seed 000's integration example, run as a job. Changes from the seed: the import
-# path (rayrl) and the model (the offline default, SmolLM2-135M-Instruct).
+# The integration example (environment, tools, inference, training), run as a job.
+# Changes from the user's original: the import path (rayrl), the model (the offline
+# default, SmolLM2-135M-Instruct), and `tool_manager=tool_manager` given to the trainer,
+# so that training episodes run through the tools (5 turns, replies parsed as JSON calls).
 #   .venv/bin/python jobs/seed_integration/main.py
 import logging
 
@@ -94,6 +96,7 @@ def main():
         config=config,
         environment=env,
         reward_fn=compute_episode_reward,
+        tool_manager=tool_manager,
     )
     logger.info("Trainer initialized")
 

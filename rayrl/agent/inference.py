@@ -10,6 +10,7 @@ actors, with exact token bookkeeping. These are for evaluation, demos and debugg
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import time
@@ -21,6 +22,21 @@ if TYPE_CHECKING:  # the environments package imports this module (tool-use envs
     from rayrl.envs.base import BaseEnvironment
 
 BACKENDS = ("vllm", "sglang")
+
+
+@contextlib.contextmanager
+def _env(**values: str):
+    """Environment variables set for the duration of the block, then restored."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 class InferenceBackendError(RuntimeError):
@@ -55,16 +71,18 @@ class VLLMInferenceEngine:
 
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gb))
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-        # The engine core runs in this process: a spawned engine process re-imports the
-        # caller's __main__, and a script that starts an engine at top level (no
-        # `if __name__ == "__main__":` guard) would then start another one there.
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
         self.model_path = resolve_model(model_path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.temperature = temperature
-        self.llm = LLM(
-            model=self.model_path, dtype=dtype, max_model_len=max_model_len, enforce_eager=True, seed=seed
-        )
+        # The engine core runs in this process: a spawned engine process re-imports the
+        # caller's __main__, and a script that starts an engine at top level (no
+        # `if __name__ == "__main__":` guard) would then start another one there. Set only
+        # while the engine is built, so Ray workers started later do not inherit it.
+        with _env(VLLM_ENABLE_V1_MULTIPROCESSING=os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0")):
+            self.llm = LLM(
+                model=self.model_path, dtype=dtype, max_model_len=max_model_len, enforce_eager=True, seed=seed
+            )
 
     def generate(
         self, prompts: list[str], max_tokens: int = 256, temperature: float | None = None

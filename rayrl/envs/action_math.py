@@ -1,4 +1,4 @@
-"""Solve a linear equation by naming one action per turn (seed 003's math domain).
+"""Solve a linear equation by naming one action per turn.
 
 The model does not write a solution; it picks the next step from a fixed action
 set and the environment carries the step out. Rewards per action make each step

@@ -1,10 +1,11 @@
-"""Arithmetic with feedback turns (AReaL's multi-turn math agent, seed 004).
+"""Arithmetic with feedback turns (AReaL's multi-turn math agent).
 
 The agent is asked a sum; a wrong answer gets a "try again" user turn, up to
 `max_turns` answers. Reward: `feedback_discount ** k` when the answer given on
 turn k (0-based) is right, 0 if no answer is right. The answer is the last
 integer in the reply: SmolLM2 answers like "35 + 21 = 56", whose first number is
-an operand (PLATFORM.md measured this).
+an operand (measured on the base model: 0.13-0.25 of single-digit sums right by the last
+number, none by the first).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A tiny deterministic text adventure (seed 000's TextAdventureEnvironment).
+"""A tiny deterministic text adventure (the integration example's TextAdventureEnvironment).
 
 The game is small enough to read in one screen, so a reward curve on it can be
 checked by hand: every rule below is a fixed table lookup on keywords of the
@@ -19,7 +19,7 @@ spaces and runs of whitespace collapsed; the first rule that matches applies):
 - anything else: -0.1.
 
 The episode ends when hp <= 0 (lost), when the level reaches `win_level` (won), or
-after `max_steps` actions. Keyword matching is deliberately as loose as the seed's:
+after `max_steps` actions. Keyword matching is deliberately as loose as the integration example's:
 "I attack the slime" and "attack(slime)" both count.
 """
 

@@ -1,4 +1,4 @@
-"""The text adventure played through tools (seed 000's integration example, built in).
+"""The text adventure played through tools (the integration example, built in).
 
 The four tools (attack, take, heal, level_up) act on a `TextAdventureEnvironment`;
 the model calls them in the format of the configured parser. Training on it
@@ -73,7 +73,7 @@ class LevelUpTool(_GameTool):
 
 
 def adventure_tools(env: TextAdventureEnvironment) -> list[Tool]:
-    """The four tools of seed 000, bound to `env`."""
+    """The integration example's four tools, bound to `env`."""
     return [AttackTool(env), TakeTool(env), HealTool(env), LevelUpTool(env)]
 
 

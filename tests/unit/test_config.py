@@ -36,7 +36,7 @@ def test_yaml_with_dotted_overrides(tmp_path):
         ("training.batch_size=30", "training.group_size"),
         ("training.num_mini_batches=5", "training.num_mini_batches"),
         ("inference.backend=sglang", "inference.backend"),
-        ("inference.max_tokens=600", "inference.max_model_len"),
+        ("inference.max_tokens=1100", "inference.max_model_len"),
         ("training.adv_estimator=ppo", "training.adv_estimator"),
         ("training.zero_stage=4", "training.zero_stage"),
         ("critic.value_clip=-1", "critic.value_clip"),
@@ -136,3 +136,14 @@ def test_job_configs_are_valid():
     assert jobs
     for job in jobs:
         ConfigStore.from_yaml(job)
+
+
+def test_keys_from_other_ray_trainers_are_rejected_with_the_keys_to_use():
+    config = ConfigStore()
+    with pytest.raises(ConfigError, match="ray.num_actors is not a rayrl key.*inference.num_engines"):
+        config.ray.num_actors = 4
+    with pytest.raises(ConfigError, match="ray.num_actors: unknown key.*training.num_learners"):
+        ConfigStore.from_dict({}, overrides=["ray.num_actors=4"])
+    config.ray.use_ray = False
+    with pytest.raises(ConfigError, match="ray.use_ray=false.*local single-node Ray"):
+        config.check()

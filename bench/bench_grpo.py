@@ -26,10 +26,12 @@ def raw_vllm(args) -> dict:
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     from vllm import LLM, SamplingParams
 
+    from rayrl.hardware import resolve_dtype
     from rayrl.model_store import resolve_model
 
     path = resolve_model("SmolLM2-135M-Instruct")
-    llm = LLM(model=path, dtype="bfloat16", max_model_len=1024, enforce_eager=True, seed=0)
+    # the dtype rayrl's engines pick on this machine, so that the peer runs like for like
+    llm = LLM(model=path, dtype=resolve_dtype("auto", "cpu"), max_model_len=1024, enforce_eager=True, seed=0)
     prompts = [_prompt_ids(path, t) for t in _tasks(args.prompts * args.samples)]
     params = SamplingParams(max_tokens=args.max_tokens, temperature=1.0, logprobs=0)
     llm.generate([{"prompt_token_ids": p} for p in prompts[:8]], params)  # warm-up

@@ -63,7 +63,7 @@ def time_strategy(ray, model_path: str, world: int, training: dict, args) -> lis
         **training,
     )
     cls = ray.remote(ActorLearner).options(num_cpus=0)
-    ranks = [cls.remote(model_path, cfg, "bfloat16", r, world) for r in range(world)]
+    ranks = [cls.remote(model_path, cfg, "auto", r, world) for r in range(world)]
     try:
         host, port = ray.get(ranks[0].sync_address.remote())
         ray.get([r.init_strategy.remote(host, port) for r in ranks])

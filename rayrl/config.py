@@ -69,8 +69,10 @@ class InferenceConfig(_Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     """Nucleus sampling threshold for rollouts."""
 
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    """Engine weight dtype; the learner casts weights to it when syncing."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Engine weight dtype; the learner casts weights to it when syncing. "auto": bfloat16
+    on GPUs and on CPUs that compute it natively (AVX512-BF16, AMX), float32 elsewhere
+    (emulated bf16 is hundreds of times slower)."""
 
     max_model_len: int = Field(2048, ge=16)
     """Longest sequence (prompt plus all turns) the engine accepts."""
@@ -203,8 +205,9 @@ class TrainingConfig(_Section):
     peak, while the others take their turn. Costs the next pass its page faults (~2 s
     per PPO update of the default model on 2 cores); turn off when memory is plenty."""
 
-    autocast_dtype: Literal["bfloat16", "float32"] = "bfloat16"
-    """Mixed-precision dtype for learner and reference compute (weights stay float32)."""
+    autocast_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    """Mixed-precision dtype for learner, critic and reference compute (weights stay
+    float32). "auto": bfloat16 where the device computes it natively, else float32."""
 
     num_threads: int | None = Field(None, ge=1)
     """torch threads per CPU actor; default: every core of the node."""

@@ -37,6 +37,7 @@ from rayrl.algorithms import ADVANTAGE_ESTIMATORS, KLController
 from rayrl.config import ConfigStore
 from rayrl.envs.base import BaseEnvironment
 from rayrl.envs.source import EnvironmentSource
+from rayrl.hardware import resolve_dtype
 from rayrl.logs import LEVEL_VAR, driver_level
 from rayrl.model_store import resolve_model
 from rayrl.tracking import RunDirectory
@@ -176,15 +177,19 @@ class RayPPOTrainer:
         self.run = RunDirectory(cfg)
 
         p = self._placement
+        # engines and the weights sent to them in one dtype: "auto" resolved for the device
+        engine_cfg = cfg.inference.model_copy(
+            update={"dtype": resolve_dtype(cfg.inference.dtype, "cuda" if use_gpu else "cpu")}
+        )
         self.engines = [
-            p.spawn("rollout", RolloutWorker, model_path, cfg.inference, i)
+            p.spawn("rollout", RolloutWorker, model_path, engine_cfg, i)
             for i in range(cfg.inference.num_engines)
         ]
         engine_starts = [e.start.remote() for e in self.engines]
         n_learners = cfg.training.num_learners
         self.learners = [
             p.spawn(
-                "learner", ActorLearner, model_path, cfg.training, cfg.inference.dtype, r, n_learners, index=r
+                "learner", ActorLearner, model_path, cfg.training, engine_cfg.dtype, r, n_learners, index=r
             )
             for r in range(n_learners)
         ]

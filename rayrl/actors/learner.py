@@ -35,6 +35,7 @@ from rayrl.actors.strategy import (
 )
 from rayrl.algorithms import aggregate_loss, compute_policy_loss, kl_penalty
 from rayrl.config import TrainingConfig
+from rayrl.hardware import resolve_dtype
 
 # Per-token metrics summed over the batch's trainable tokens (then divided by their count).
 _SUMMED = ("policy_loss", "kl", "clip_frac", "entropy", "logprob_gap")
@@ -69,7 +70,7 @@ class ActorLearner:
         # taken now: names of the full model (before LoRA wraps it), and shapes that
         # ZeRO-3 hides once it partitions the parameters in init_strategy
         self._spec = [
-            weight_sync.TensorSpec(name, tuple(p.shape), sync_dtype)
+            weight_sync.TensorSpec(name, tuple(p.shape), resolve_dtype(sync_dtype, self.device.type))
             for name, p in self.model.named_parameters()
         ]
         self.lora = config.lora_rank > 0
@@ -78,7 +79,7 @@ class ActorLearner:
         self.strategy = None
         if config.strategy == "torch" and world_size == 1:
             self.strategy = self._make_strategy()
-        self.sync_dtype = sync_dtype
+        self.sync_dtype = resolve_dtype(sync_dtype, self.device.type)
         self.rng = np.random.default_rng(config.seed)
         self.version = 0
         self._group = None

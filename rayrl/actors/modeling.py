@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from rayrl.hardware import resolve_dtype
+
 
 def pick_device() -> torch.device:
     """CUDA when this actor was given a GPU, else CPU."""
@@ -72,8 +74,8 @@ def release_memory(device: torch.device, enabled: bool = True) -> None:
 
 
 def autocast(device: torch.device, dtype_name: str):
-    """bf16 autocast on CPU and GPU when asked for, else a no-op."""
-    if dtype_name == "float32":
+    """bf16 autocast on CPU and GPU when asked for ("auto": where bf16 is native), else a no-op."""
+    if resolve_dtype(dtype_name, device.type) == "float32":
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 
 from rayrl.config import InferenceConfig
+from rayrl.hardware import resolve_dtype
 
 
 @dataclass
@@ -53,7 +54,7 @@ class RolloutWorker:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(self.config.kv_cache_gb)))))
         args = AsyncEngineArgs(
             model=self.model_path,
-            dtype=self.config.dtype,
+            dtype=resolve_dtype(self.config.dtype, "cuda" if on_gpu else "cpu"),
             max_model_len=self.config.max_model_len,
             max_num_seqs=self.config.max_num_seqs,
             enforce_eager=self.config.enforce_eager,

@@ -39,6 +39,14 @@ def _env(**values: str):
                 os.environ[key] = value
 
 
+def _engine_dtype(name: str) -> str:
+    import torch
+
+    from rayrl.hardware import resolve_dtype
+
+    return resolve_dtype(name, "cuda" if torch.cuda.is_available() else "cpu")
+
+
 class InferenceBackendError(RuntimeError):
     """The requested inference backend is unknown or not installed."""
 
@@ -48,7 +56,7 @@ class VLLMInferenceEngine:
 
     Args:
         model_path: local folder or a name `rayrl.model_store.resolve_model` knows.
-        dtype: weight dtype.
+        dtype: weight dtype; "auto" is bfloat16 where the hardware computes it natively.
         max_model_len: longest sequence.
         kv_cache_gb: KV cache on CPU machines, in GiB.
         temperature: default sampling temperature.
@@ -58,7 +66,7 @@ class VLLMInferenceEngine:
     def __init__(
         self,
         model_path: str,
-        dtype: str = "bfloat16",
+        dtype: str = "auto",
         max_model_len: int = 2048,
         kv_cache_gb: int = 1,
         temperature: float = 0.7,
@@ -81,7 +89,11 @@ class VLLMInferenceEngine:
         # while the engine is built, so Ray workers started later do not inherit it.
         with _env(VLLM_ENABLE_V1_MULTIPROCESSING=os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0")):
             self.llm = LLM(
-                model=self.model_path, dtype=dtype, max_model_len=max_model_len, enforce_eager=True, seed=seed
+                model=self.model_path,
+                dtype=_engine_dtype(dtype),
+                max_model_len=max_model_len,
+                enforce_eager=True,
+                seed=seed,
             )
 
     def generate(

@@ -78,8 +78,9 @@ class AgentConfig(BaseModel):
     """Longest prompt plus reply the engine accepts; older messages are dropped
     from prompts that would not fit."""
 
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    """Weight dtype of the local engine."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Weight dtype of the local engine ("auto": bfloat16 where the hardware computes it
+    natively, else float32)."""
 
     kv_cache_gb: int = Field(1, ge=1)
     """KV cache of the local engine on CPU machines, in GiB."""

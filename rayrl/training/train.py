@@ -125,7 +125,7 @@ def build_config(
 
     Args:
         agent: an agent whose `config` has model_name, system_prompt, temperature,
-            max_new_tokens (any of them may be missing).
+            max_new_tokens, top_p, max_model_len (any of them may be missing).
         num_episodes: episodes to play in all (None: the config's num_epochs).
         profile: a name in `PROFILES`.
         config_overrides: dotted keys (`training.learning_rate`), bare field names
@@ -144,6 +144,7 @@ def build_config(
         ("inference.temperature", "temperature"),
         ("inference.max_tokens", "max_new_tokens"),
         ("inference.top_p", "top_p"),
+        ("inference.max_model_len", "max_model_len"),
     ):
         value = getattr(settings, attr, None)
         if value is not None:

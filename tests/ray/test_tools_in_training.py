@@ -83,26 +83,6 @@ def test_tools_run_in_training_on_each_episodes_own_environment(ray_local, tiny_
     assert env.step_count == 0 and env.episode_reward == 0.0
 
 
-def test_json_tool_calls_from_a_random_model_count_as_parse_errors(ray_local, tiny_model, tmp_path):
-    game_env, game_tools = _seed_modules()
-    from rayrl import JSONActionParser
-
-    config = tiny_config(
-        tiny_model,
-        training={"num_epochs": 1, "batch_size": 4, "group_size": 2, "kl_coef": 0.0},
-        checkpoint={"run_dir": str(tmp_path), "save_final": False},
-    )
-    env = game_env.TextAdventureEnvironment(config.environment)
-    manager = _manager(env, game_tools, JSONActionParser, max_turns=2)
-    trainer = RayPPOTrainer(config=config, environment=env, tool_manager=manager)
-    try:
-        row = trainer.fit(num_epochs=1)[0]
-    finally:
-        trainer.cleanup()
-    assert row["env_parse_errors"] + row["env_successful_tool_calls"] + row["env_failed_tool_calls"] == 2
-    assert 0.0 <= row["env_valid_call_rate"] <= 1.0
-
-
 def test_reward_reading_tool_counts_without_tools_warns_once(ray_local, tiny_model, tmp_path, caplog):
     game_env, _ = _seed_modules()
     config = tiny_config(
@@ -123,3 +103,28 @@ def test_reward_reading_tool_counts_without_tools_warns_once(ray_local, tiny_mod
             trainer.cleanup()
     warnings = [r.getMessage() for r in caplog.records if "tool_manager=" in r.getMessage()]
     assert len(warnings) == 1 and "summary['tools']" in warnings[0]
+
+
+def test_immediate_reward_scores_every_turn(ray_local, tiny_model, tmp_path):
+    """A per-turn reward given as reward_fn scores each assistant turn on the conversation
+    up to it (turn k of a 2-turn episode scores k); the episode's reward is their sum."""
+    from rayrl import ConversationEnvironment
+    from rayrl.rewards import RewardType, reward_function
+
+    @reward_function(reward_type=RewardType.IMMEDIATE)
+    async def turn_number(turns, context=None):
+        return float(sum(t.role == "assistant" for t in turns))
+
+    config = tiny_config(
+        tiny_model,
+        training={"num_epochs": 1, "batch_size": 4, "group_size": 2, "kl_coef": 0.0},
+        checkpoint={"run_dir": str(tmp_path), "save_final": False},
+    )
+    env = ConversationEnvironment(scenarios=[{"id": "s", "user_responses": ["Hi", "And then?"]}], max_turns=2)
+    trainer = RayPPOTrainer(config, environment=env, reward_fn=turn_number)
+    try:
+        row = trainer.fit(num_epochs=1)[0]
+    finally:
+        trainer.cleanup()
+    assert row["turns_mean"] == 2 and row["env_errors"] == 0
+    assert row["reward_mean"] == pytest.approx(1.0 + 2.0) and row["reward_std"] == 0.0

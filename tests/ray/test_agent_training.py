@@ -13,7 +13,14 @@ from rayrl.core.agent import AgentConfig, ToolAgent, load_agent_from_checkpoint
 from rayrl.training import Callback, DiagnosticsMonitor, HealthStatus
 from rayrl.training.train import AutoTrainer, build_config
 
-SMALL = {"inference.max_model_len": 1024, "inference.kv_cache_gb": 1, "ray.include_dashboard": False}
+# A test's size: short contexts, no dashboard, and environments in the agent loop (the
+# per-episode environment actors are tested in test_env_isolation).
+SMALL = {
+    "inference.max_model_len": 1024,
+    "inference.kv_cache_gb": 1,
+    "ray.include_dashboard": False,
+    "environment.isolation": "inline",
+}
 
 
 def _run_rows(run_dir: Path) -> list[dict]:
@@ -47,7 +54,7 @@ def test_quick_start_as_written_trains_and_answers_with_the_trained_policy(ray_l
         trained_agent = await train(
             agent=agent,
             environment=environment,
-            num_episodes=32,
+            num_episodes=16,
             profile="balanced",
             config_overrides={**SMALL, "checkpoint.run_dir": str(tmp_path / "runs")},
             save_path=str(tmp_path / "my_agent"),
@@ -73,7 +80,7 @@ def test_quick_start_as_written_trains_and_answers_with_the_trained_policy(ray_l
         tmp_path / "my_agent" / "agent.json"
     ).exists()
     rows = _run_rows(tmp_path / "runs")
-    assert len(rows) == 2  # 32 episodes / 16 per batch (balanced)
+    assert len(rows) == 1  # 16 episodes / 16 per batch (balanced)
     # the scenario from the constructor reached training: every episode replied to it
     assert all(r["env_errors"] == 0 and r["turns_mean"] == 2 for r in rows)
 

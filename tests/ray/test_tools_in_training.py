@@ -58,6 +58,7 @@ def test_tools_run_in_training_on_each_episodes_own_environment(ray_local, tiny_
         training={"num_epochs": 1, "batch_size": 4, "group_size": 2, "kl_coef": 0.0},
         checkpoint={"run_dir": str(tmp_path), "save_final": False},
     )
+    config.inference.max_model_len = 1024  # the game's prompt, tool list and three turns fit
     env = game_env.TextAdventureEnvironment(config.environment)
     env.reset()
     manager = _manager(env, game_tools, max_turns=3)

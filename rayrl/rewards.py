@@ -305,7 +305,8 @@ class RewardFunction:
         """
         if type(self).compute is RewardFunction.compute:
             return await _ascore_turns_once(self, as_turns(episode.messages), episode_context(episode))
-        return await asyncio.to_thread(self.compute, episode)
+        # a user's compute may return a plain number
+        return _as_result(await asyncio.to_thread(self.compute, episode), self.name)
 
     async def compute_reward(
         self, turns: Sequence[ConversationTurn], context: Mapping[str, Any] | None = None
@@ -340,7 +341,7 @@ class RewardFunction:
             context: with turns, the rest of the episode (see `episode_context`).
         """
         if isinstance(episode, EpisodeTranscript | Mapping):
-            return self.compute(as_transcript(episode)).score
+            return _as_result(self.compute(as_transcript(episode)), self.name).score
         return _score_turns_once(self, as_turns(episode), dict(context or {})).score
 
     def __repr__(self) -> str:

@@ -508,3 +508,18 @@ def test_core_import_paths_re_export_the_rayrl_classes():
     assert reward.RewardFunction is rayrl.RewardFunction and reward.reward_function is rayrl.reward_function
     assert agent.MultiTurnAgent is rayrl.MultiTurnAgent and agent.ToolAgent is rayrl.ToolAgent
     assert agent.load_agent_from_checkpoint is rayrl.load_agent_from_checkpoint
+
+
+def test_a_compute_that_returns_a_plain_number_scores_everywhere():
+    import asyncio
+
+    from rayrl.rewards import EpisodeTranscript, RewardFunction
+
+    class Length(RewardFunction):
+        def compute(self, episode):
+            return len(episode.response) / 10
+
+    reward = Length()
+    summary = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    assert reward(summary) == 0.5
+    assert asyncio.run(reward.acompute(EpisodeTranscript.from_summary(summary))).score == 0.5

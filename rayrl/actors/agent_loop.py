@@ -101,6 +101,7 @@ class EpisodeRunner:
         self.env_source = env_source
         probe = self.new_environment()
         self.system_prompt = probe.get_prompt_prefix()
+        self.demonstration = list(probe.get_demonstration())
         self.max_turns = probe.turn_limit()
         self._eos_text = self.tokenizer.eos_token or ""
         self.reward_fn = load_episode_reward(reward_fn) if isinstance(reward_fn, str) else reward_fn
@@ -129,6 +130,7 @@ class EpisodeRunner:
     def prompt_ids(self, first_observation: str) -> tuple[list[int], list[dict]]:
         """Token ids of the opening prompt and the message list it came from."""
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        messages += self.demonstration
         messages.append({"role": "user", "content": first_observation})
         text = self._render(messages, add_generation_prompt=True)
         return self.tokenizer.encode(text, add_special_tokens=False), messages

@@ -69,6 +69,12 @@ class BaseEnvironment(ABC):
         """System prompt shown before the first observation."""
         return self.config.system_prompt or ""
 
+    def get_demonstration(self) -> list[dict[str, str]]:
+        """Chat messages shown between the system prompt and the first observation: a worked
+        example of an episode (few-shot prompting). Part of every episode's prompt, never
+        trained on. Default: none."""
+        return []
+
     @property
     def done(self) -> bool:
         """Whether the current episode has ended."""

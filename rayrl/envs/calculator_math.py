@@ -10,6 +10,8 @@ three-digit operands the policy never trains on.
 
 from __future__ import annotations
 
+import json
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from rayrl.agent.tools import CalculatorTool
@@ -18,6 +20,8 @@ from rayrl.envs._params import validate_params
 from rayrl.envs.base import StepResult
 from rayrl.envs.math_feedback import MathFeedbackEnvironment
 from rayrl.envs.tool_use import ToolUseEnvironment
+
+_DEMO_TASKS = ({"a": 12, "b": 34}, {"a": 57, "b": 21}, {"a": 8, "b": 76})
 
 
 class CalculatorMathParams(BaseModel):
@@ -39,6 +43,9 @@ class CalculatorMathParams(BaseModel):
     """Reward per reply that attempts a JSON call without a valid one."""
     example: str = '{"tool": "calculator", "arguments": {"expression": "12 * 34"}}'
     """Example call shown in the system prompt."""
+    demonstrations: int = Field(0, ge=0, le=len(_DEMO_TASKS))
+    """Worked episodes (call, tool output, answer) shown before the question. With one,
+    the base model writes a valid call in ~6% of replies instead of ~0%."""
 
 
 class CalculatorMathEnvironment(ToolUseEnvironment):
@@ -71,6 +78,18 @@ class CalculatorMathEnvironment(ToolUseEnvironment):
             example=params.example,
             answers_to_environment=True,
         )
+        self.demonstrations = params.demonstrations
+        self._demonstration: list[dict[str, str]] | None = None
+
+    def get_demonstration(self) -> list[dict[str, str]]:
+        if self._demonstration is None:
+            self._demonstration = []
+            for task in _DEMO_TASKS[: self.demonstrations]:
+                expression = f"{task['a']} * {task['b']}"
+                call = json.dumps({"tool": "calculator", "arguments": {"expression": expression}})
+                product = str(task["a"] * task["b"])
+                self._demonstration += self.play_demonstration(task, [call, product])
+        return self._demonstration
 
     def step(self, action: str) -> StepResult:
         observation, reward, done, info = super().step(action)

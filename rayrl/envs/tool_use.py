@@ -11,6 +11,7 @@ and failed calls, parse errors), which the trainer logs per step.
 
 from __future__ import annotations
 
+import copy
 import random
 import re
 from collections.abc import Callable
@@ -117,6 +118,24 @@ class ToolUseEnvironment(BaseEnvironment):
         base = self.config.system_prompt or inner
         example = f"\nExample reply: {self.example}" if self.example else ""
         return f"{base}\n\n{self.manager.instructions()}{example}".strip()
+
+    def get_demonstration(self) -> list[dict[str, str]]:
+        return self.inner.get_demonstration() if self.inner is not None else []
+
+    def play_demonstration(self, task: Any, replies: list[str]) -> list[dict[str, str]]:
+        """A worked example as chat messages: `replies` played on a copy of this environment
+        for `task`, with the real observations (tool outputs included) between them."""
+        env = copy.deepcopy(self)
+        messages = [{"role": "user", "content": env.reset(task)}]
+        for i, reply in enumerate(replies):
+            observation, _, done, _ = env.step(reply)
+            messages.append({"role": "assistant", "content": reply})
+            if done:
+                if i != len(replies) - 1:
+                    raise ValueError(f"the demonstration ended after reply {i + 1} of {len(replies)}")
+                return messages
+            messages.append({"role": "user", "content": observation})
+        raise ValueError("the demonstration's replies ended before its episode did")
 
     def reset(self, task: Any = None) -> str:
         self._answer_info: dict[str, Any] = {}

@@ -1,5 +1,7 @@
 """The tool-driven text adventure: tool calls in, game rewards and tool statistics out."""
 
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -71,3 +73,21 @@ def test_format_shaping_bonuses():
     _, reward, _, _ = env.step("take the potion")  # prose: no bonus
     assert reward == 0.0
     assert env.episode_reward == pytest.approx(3.5)
+
+
+def test_calculator_demonstration_is_a_played_episode():
+    from rayrl.envs.calculator_math import CalculatorMathEnvironment
+
+    plain = CalculatorMathEnvironment(EnvironmentConfig(name="calculator_math"))
+    assert plain.get_demonstration() == []
+    env = CalculatorMathEnvironment(EnvironmentConfig(name="calculator_math", params={"demonstrations": 2}))
+    demo = env.get_demonstration()
+    assert [m["role"] for m in demo] == ["user", "assistant", "user", "assistant"] * 2
+    assert demo[0]["content"] == "What is 12 * 34?"
+    assert json.loads(demo[1]["content"])["tool"] == "calculator"
+    assert demo[2]["content"] == "408" and demo[3]["content"] == "408"  # the tool's real output
+    # playing the demonstration left the environment itself untouched
+    first = env.reset({"a": 40, "b": 50})
+    assert first == "What is 40 * 50?" and env.step("2000")[3]["correct"]
+    with pytest.raises(ConfigError):
+        CalculatorMathEnvironment(EnvironmentConfig(name="calculator_math", params={"demonstrations": 9}))

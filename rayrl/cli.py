@@ -40,7 +40,12 @@ def cmd_train(args) -> int:
         trainer.setup()
         print(f"run directory: {trainer.run.path}", flush=True)
         n_eval = config.training.eval_tasks
-        before = trainer.evaluate(n_eval) if n_eval else None
+        before_file = trainer.run.path / "eval_before.json"
+        if trainer.start_step and before_file.exists():  # resumed: the base policy was scored then
+            before = json.loads(before_file.read_text())
+        else:
+            before = trainer.evaluate(n_eval) if n_eval else None
+            before_file.write_text(json.dumps(before))
         history = trainer.fit()
         after = trainer.evaluate(n_eval) if n_eval else None
         summary = summarize(history)

@@ -222,6 +222,11 @@ class TrainingConfig(_Section):
     seed: int = 0
     """Seed for prompt sampling and torch."""
 
+    deterministic: bool = False
+    """Seed every sampled reply too (per request, from the seed, the step and the episode),
+    so a run replays exactly and a resumed run continues as the uninterrupted one would.
+    Costs vLLM a per-request generator; see the README on determinism."""
+
 
 class CriticConfig(_Section):
     """The value model used by adv_estimator=gae: the policy's backbone plus a scalar head."""
@@ -279,7 +284,17 @@ class CheckpointConfig(_Section):
     """Run directory name; default: a timestamp."""
 
     save_interval: int = Field(0, ge=0)
-    """Save the policy every N iterations (0: only at the end)."""
+    """Save a full-state checkpoint every N iterations (and after the last one); 0: none,
+    only the final policy."""
+
+    keep_last: int | None = Field(None, ge=1)
+    """Keep the newest N full-state checkpoints (older ones are deleted after each save;
+    the newest complete one never is); None keeps all."""
+
+    resume: str | None = None
+    """Continue a run: "auto" (the newest complete checkpoint of the run named by
+    `run_name`; a fresh start when it has none) or the path of a checkpoint (or of a run
+    directory: its newest checkpoint)."""
 
     save_final: bool = True
     """Save the final policy in Hugging Face format."""
@@ -417,6 +432,11 @@ class ConfigStore(_Section):
                         f"ray.colocate_models puts each of the {key}={count} ranks in a learner "
                         f"rank's bundle, and there are only training.num_learners={t.num_learners}"
                     )
+        if self.checkpoint.resume == "auto" and not self.checkpoint.run_name:
+            raise ConfigError(
+                "checkpoint.resume=auto continues the run named by checkpoint.run_name, which is "
+                "unset: name the run (checkpoint.run_name=...) or give checkpoint.resume=PATH"
+            )
         if t.target_kl is not None and t.kl_coef == 0:
             raise ConfigError("training.target_kl adapts training.kl_coef, which is 0 (no reference)")
         if t.reward_fn is not None and not _IMPORT_PATH.match(t.reward_fn):

@@ -17,14 +17,32 @@ class RunDirectory:
 
     Args:
         config: the resolved config (written to `config.yaml`).
+        path: the directory (default: `path_for(config)`).
     """
 
-    def __init__(self, config: ConfigStore):
-        name = config.checkpoint.run_name or time.strftime("%Y%m%d-%H%M%S")
-        self.path = Path(config.checkpoint.run_dir).expanduser().resolve() / name
+    def __init__(self, config: ConfigStore, path: Path | None = None):
+        self.path = Path(path) if path is not None else self.path_for(config)
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         self.metrics_file = self.path / "metrics.jsonl"
+
+    @staticmethod
+    def path_for(config: ConfigStore) -> Path:
+        """`checkpoint.run_dir / checkpoint.run_name` (a timestamp when unnamed)."""
+        name = config.checkpoint.run_name or time.strftime("%Y%m%d-%H%M%S")
+        return Path(config.checkpoint.run_dir).expanduser().resolve() / name
+
+    def truncate(self, step: int) -> list[dict[str, Any]]:
+        """Drop rows logged after `step` (by a run that went on past its last checkpoint
+        before it died), so a resumed run continues without a gap or a repeated step;
+        returns the rows kept."""
+        kept = [row for row in self.read_metrics() if row.get("step", 0) <= step]
+        self.metrics_file.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        adjustments = self.path / "adjustments.jsonl"
+        if adjustments.exists():
+            rows = [json.loads(line) for line in adjustments.read_text().splitlines() if line]
+            adjustments.write_text("".join(json.dumps(r) + "\n" for r in rows if r.get("step", 0) <= step))
+        return kept
 
     def log(self, row: dict[str, Any]) -> None:
         """Append one step's metrics."""

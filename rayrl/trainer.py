@@ -1,7 +1,8 @@
 """The controller: one loop that reads top to bottom.
 
 rollout -> reference + values -> score (advantages) -> update (critic, actor) -> sync
--> checkpoint -> log
+-> log, then the callbacks and, every `checkpoint.save_interval` steps, a full-state
+checkpoint (`rayrl.checkpoint`) that `checkpoint.resume` continues from.
 
 The driver holds actor handles and small numbers only. The rollout batch stays in
 the object store: the agent loop returns a reference to a pyarrow table; the
@@ -34,6 +35,7 @@ from rayrl.actors.reference import ReferenceWorker
 from rayrl.actors.rollout import RolloutWorker
 from rayrl.actors.scoring import Scorer
 from rayrl.algorithms import ADVANTAGE_ESTIMATORS, KLController
+from rayrl.checkpoint import CheckpointStore, find_resume, read_state, run_path_of
 from rayrl.config import ConfigStore
 from rayrl.envs.base import BaseEnvironment
 from rayrl.envs.source import EnvironmentSource
@@ -99,6 +101,11 @@ def init_ray(config: ConfigStore, num_bundles: int) -> bool:
     return True
 
 
+def _as_rng_state(state: list) -> tuple:
+    """random.Random's state from its JSON form (lists back to tuples)."""
+    return tuple(tuple(x) if isinstance(x, list) else x for x in state)
+
+
 class RayPPOTrainer:
     """Trains a policy with PPO-family updates on Ray actors (rollout, reference, critic,
     actor-learner, agent loop): PPO with a critic (`adv_estimator: gae`) or a critic-free
@@ -157,12 +164,18 @@ class RayPPOTrainer:
         self.kl_ctl = KLController(config.training.kl_coef, config.training.target_kl)
         self.overlap_roles = False
         self.version = 0
+        self.start_step = 0  # a resumed run's first step
+        self._callback_state: dict | None = None
         self.rng = random.Random(config.training.seed)
 
     # ---- setup ---------------------------------------------------------------
     def setup(self) -> None:
         """Resolve the model, place the roles, start their actors and join weight sync."""
         cfg = self.config
+        run_path = RunDirectory.path_for(cfg)
+        resume = find_resume(cfg.checkpoint, run_path)  # fails before any actor starts
+        self.run = RunDirectory(cfg, run_path_of(resume) if resume else run_path)
+        self.checkpoints = CheckpointStore(self.run.path, cfg.checkpoint.keep_last)
         model_path = resolve_model(cfg.model.model_name, cfg.model.cache_dir)
         self.model_path = model_path
         # Bundle count is the same with or without GPUs; a local Ray needs that many CPUs.
@@ -174,15 +187,15 @@ class RayPPOTrainer:
         self.overlap_roles = use_gpu
         roles = placement.plan_roles(cfg, use_gpu)
         self._placement = placement.RolePlacement(roles, cfg.ray.placement_timeout_s)
-        self.run = RunDirectory(cfg)
 
         p = self._placement
         # engines and the weights sent to them in one dtype: "auto" resolved for the device
         engine_cfg = cfg.inference.model_copy(
             update={"dtype": resolve_dtype(cfg.inference.dtype, "cuda" if use_gpu else "cpu")}
         )
+        policy_path = str(resume / "policy") if resume else model_path  # what the engines serve
         self.engines = [
-            p.spawn("rollout", RolloutWorker, model_path, engine_cfg, i)
+            p.spawn("rollout", RolloutWorker, policy_path, engine_cfg, i)
             for i in range(cfg.inference.num_engines)
         ]
         engine_starts = [e.start.remote() for e in self.engines]
@@ -248,10 +261,13 @@ class RayPPOTrainer:
         ray.get(envs_ready)
         ray.get(strategy_ready)
         ray.get([a.__ray_ready__.remote() for a in self.references])
+        if resume is not None:
+            self.restore(resume)
 
     # ---- the loop --------------------------------------------------------------
     def fit(self, num_epochs: int | None = None) -> list[dict[str, Any]]:
-        """Run `num_epochs` iterations (default `training.num_epochs`); returns metrics_history.
+        """Run iterations up to `num_epochs` (default `training.num_epochs`; a resumed run
+        starts after its checkpoint's step); returns metrics_history.
 
         If an iteration fails (a dead engine, an interrupt), the policy as last updated
         is saved to `<run>/interrupted` before the error propagates.
@@ -259,8 +275,11 @@ class RayPPOTrainer:
         if self.learner is None:
             self.setup()
         self.total_steps = num_epochs or self.config.training.num_epochs
-        bar = tqdm(range(self.total_steps), desc="rayrl", unit="step", dynamic_ncols=True)
+        steps = range(self.start_step, self.total_steps)
+        bar = tqdm(steps, "rayrl", self.total_steps, unit="step", dynamic_ncols=True, initial=self.start_step)
         self.callbacks.on_train_begin(self)
+        if self._callback_state:  # a resumed run's callbacks go on where they were
+            self.callbacks.load_state_dict(self._callback_state)
         try:
             for step in bar:
                 row = self.train_step(step)
@@ -271,6 +290,7 @@ class RayPPOTrainer:
                     tok_s=f"{row['tokens_per_s']:.0f}",
                 )
                 self.callbacks.on_step_end(self, row)
+                self.maybe_save_state(step + 1)
                 if self.stop_reason is not None:
                     logger.info("stopping after epoch %d: %s", step + 1, self.stop_reason)
                     break
@@ -285,7 +305,7 @@ class RayPPOTrainer:
         return self.metrics_history
 
     def train_step(self, step: int) -> dict[str, Any]:
-        """One iteration: rollout, score, reference, advantages, update, sync, checkpoint, log."""
+        """One iteration: rollout, reference, score (advantages), update, sync, log."""
         cfg, t_cfg = self.config, self.config.training
         times: dict[str, float] = {}
         t_step = time.perf_counter()
@@ -296,7 +316,10 @@ class RayPPOTrainer:
         t = time.perf_counter()
         n_groups = t_cfg.batch_size // t_cfg.group_size
         tasks = sample_tasks(cfg.environment, n_groups, self.rng, env_source=self.env_source)
-        batch_ref, stats_ref = self.runner.collect.options(num_returns=2).remote(tasks, t_cfg.group_size)
+        seed = t_cfg.seed * 1_000_003 + step if t_cfg.deterministic else None
+        batch_ref, stats_ref = self.runner.collect.options(num_returns=2).remote(
+            tasks, t_cfg.group_size, None, seed
+        )
         stats = ray.get(stats_ref)
         times["rollout"] = time.perf_counter() - t
         self._warn_once(stats["warnings"])
@@ -342,11 +365,7 @@ class RayPPOTrainer:
         sync = self.sync_weights()
         times["sync"] = time.perf_counter() - t
 
-        # 6. checkpoint
-        if cfg.checkpoint.save_interval and (step + 1) % cfg.checkpoint.save_interval == 0:
-            self.save_checkpoint(self.run.checkpoint_path(f"step_{step + 1:06d}"))
-
-        # 7. log
+        # 6. log
         times["step"] = time.perf_counter() - t_step
         row = self._metrics(step, stats, {**score, **update}, sync, times)
         self.metrics_history.append(row)
@@ -395,6 +414,51 @@ class RayPPOTrainer:
         logger.info("adjusted %s: %s", {k: v for k, v in change.items() if isinstance(v, list)}, reason)
         self.run.log_adjustment(change)
         return change
+
+    # ---- full-state checkpoints and resume -----------------------------------------
+    def maybe_save_state(self, step: int) -> Path | None:
+        """Save a full-state checkpoint after `step` steps when it is due (every
+        `checkpoint.save_interval` steps, the last step and an early stop included)."""
+        interval = self.config.checkpoint.save_interval
+        last = step == self.total_steps or self.stop_reason is not None
+        if interval and (step % interval == 0 or last):
+            return self.save_state(step)
+        return None
+
+    def save_state(self, step: int) -> Path:
+        """Everything a run needs to continue after `step` steps (see `rayrl.checkpoint`)."""
+        t = time.perf_counter()
+        tmp = self.checkpoints.begin(step)
+        saves = [r.save.remote(str(tmp / "policy")) for r in self.learners]
+        saves += [r.save_state.remote(str(tmp / "learner")) for r in self.learners]
+        saves += [c.save.remote(str(tmp / "critic")) for c in self.critics]
+        saves += [c.save_state.remote(str(tmp / "critic_state")) for c in self.critics]
+        ray.get(saves)
+        state = {
+            "weight_version": self.version,
+            "kl_coef": self.kl_ctl.value,
+            "learning_rate": self.learning_rate,
+            "task_rng": self.rng.getstate(),
+            "callbacks": self.callbacks.state_dict(),
+        }
+        path = self.checkpoints.commit(tmp, step, state)
+        logger.info("checkpoint %s (%.1fs)", path, time.perf_counter() - t)
+        return path
+
+    def restore(self, checkpoint: Path) -> None:
+        """Load a checkpoint into the started roles and the driver (called by `setup`)."""
+        state = read_state(checkpoint)
+        ray.get([r.load_state.remote(str(checkpoint / "learner")) for r in self.learners])
+        ray.get([c.load_state.remote(str(checkpoint / "critic_state")) for c in self.critics])
+        self.version = state["weight_version"]
+        ray.get([e.set_weight_version.remote(self.version) for e in self.engines])
+        self.kl_ctl.value = state["kl_coef"]
+        self.learning_rate = state["learning_rate"]
+        self.rng.setstate(_as_rng_state(state["task_rng"]))
+        self._callback_state = state.get("callbacks")  # loaded after on_train_begin
+        self.start_step = state["step"]
+        self.metrics_history = self.run.truncate(self.start_step)
+        logger.info("resumed from %s: continuing after step %d", checkpoint, self.start_step)
 
     def save_checkpoint(self, path: str) -> str:
         """Save the policy (Hugging Face folder at `path`) and the critic (`path/critic`)."""

@@ -151,15 +151,20 @@ class EpisodeRunner:
         return self.tokenizer.encode(close + reopened[len(closed) :], add_special_tokens=False)
 
     # ---- episodes ----------------------------------------------------------------
-    async def run_episode(self, task: Any, group: int, engine, temperature: float | None = None) -> Episode:
-        """Play one episode of `task` on `engine`; never raises for environment errors."""
+    async def run_episode(
+        self, task: Any, group: int, engine, temperature: float | None = None, seed: int | None = None
+    ) -> Episode:
+        """Play one episode of `task` on `engine`; never raises for environment errors.
+        With `seed`, turn t samples with seed `seed + t` (a reproducible episode)."""
         env = await self.envs.acquire()
         try:
-            return await self._play(env, task, group, engine, temperature)
+            return await self._play(env, task, group, engine, temperature, seed)
         finally:
             await self.envs.release(env)
 
-    async def _play(self, env, task: Any, group: int, engine, temperature: float | None) -> Episode:
+    async def _play(
+        self, env, task: Any, group: int, engine, temperature: float | None, seed: int | None
+    ) -> Episode:
         try:
             first = await env.reset(task)
         except EnvironmentFailure as err:  # an environment bug ends its own episode only
@@ -173,7 +178,8 @@ class EpisodeRunner:
             if budget < 1:  # the episode ends here like one that ran out of turns
                 truncated = True
                 break
-            gen = await engine.generate.remote(ids, budget, temperature)
+            turn_seed = None if seed is None else seed + turns
+            gen = await engine.generate.remote(ids, budget, temperature, seed=turn_seed)
             turns += 1
             ids += gen.token_ids
             mask += [1] * len(gen.token_ids)
@@ -239,9 +245,10 @@ class EpisodeRunner:
             self.warnings.append(NO_TOOLS_WARNING)
 
     async def collect(
-        self, tasks: list[Any], group_size: int, temperature: float | None = None
+        self, tasks: list[Any], group_size: int, temperature: float | None = None, seed: int | None = None
     ) -> tuple[pa.Table, dict]:
-        """Run `group_size` episodes per task, all at once.
+        """Run `group_size` episodes per task, all at once; with `seed`, episode j samples
+        reproducibly (seeds derived from `seed` and j).
 
         Returns:
             (batch, stats): the columnar batch for the learner and small per-episode
@@ -251,8 +258,10 @@ class EpisodeRunner:
         jobs = []
         for g, task in enumerate(tasks):
             for k in range(group_size):
-                engine = self.engines[(g * group_size + k) % len(self.engines)]
-                jobs.append(self.run_episode(task, g, engine, temperature))
+                j = g * group_size + k
+                engine = self.engines[j % len(self.engines)]
+                episode_seed = None if seed is None else (seed * 10_007 + j * 64) % 2**31
+                jobs.append(self.run_episode(task, g, engine, temperature, episode_seed))
         episodes = await asyncio.gather(*jobs)
         seconds = time.perf_counter() - t0
         kept = [e for e in episodes if e.input_ids and sum(e.loss_mask) > 0]

@@ -174,6 +174,15 @@ class Critic:
                 torch.save(head, Path(path) / "value_head.pt")
         return path
 
+    def save_state(self, folder: str) -> str:
+        """Model, optimizer and RNG state of this rank into `folder` (every rank)."""
+        self.strategy.save_state(folder, modeling.rng_state(self.rng))
+        return folder
+
+    def load_state(self, folder: str) -> None:
+        """Restore `save_state`'s folder (every rank)."""
+        modeling.set_rng_state(self.rng, self.strategy.load_state(folder))
+
     def flat_parameters(self) -> np.ndarray:
         """Every weight, concatenated in float32 (for checks; a collective under ZeRO-3)."""
         with torch.no_grad(), self.strategy.full_parameters():

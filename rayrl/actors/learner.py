@@ -258,6 +258,18 @@ class ActorLearner:
                 AutoTokenizer.from_pretrained(self.model_path).save_pretrained(path)
         return path
 
+    def save_state(self, folder: str) -> str:
+        """Module, optimizer and RNG state of this rank into `folder` (every rank)."""
+        self.strategy.save_state(folder, modeling.rng_state(self.rng, version=self.version))
+        return folder
+
+    def load_state(self, folder: str) -> int:
+        """Restore `save_state`'s folder (every rank); returns the weight version."""
+        extra = self.strategy.load_state(folder)
+        modeling.set_rng_state(self.rng, extra)
+        self.version = int(extra["version"])
+        return self.version
+
     def full_weights(self):
         """(name, tensor) of every weight of the full model, in `weight_spec` order; with
         LoRA each adapted weight is merged on the fly (W + scale * B @ A), nothing in place."""

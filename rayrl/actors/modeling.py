@@ -54,6 +54,17 @@ def load_causal_lm(path: str, device: torch.device, trainable: bool, gradient_ch
     return model
 
 
+def rng_state(rng: np.random.Generator, **extra) -> dict:
+    """torch's and `rng`'s generator states (what a resumed role needs to draw the same)."""
+    return {"torch_rng": torch.get_rng_state(), "numpy_rng": rng.bit_generator.state, **extra}
+
+
+def set_rng_state(rng: np.random.Generator, state: dict) -> None:
+    """Restore what `rng_state` returned."""
+    torch.set_rng_state(state["torch_rng"])
+    rng.bit_generator.state = state["numpy_rng"]
+
+
 def release_memory(device: torch.device, enabled: bool = True) -> None:
     """Give memory freed by a finished pass back to the system.
 

@@ -73,8 +73,10 @@ class RolloutWorker:
         max_tokens: int | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
+        seed: int | None = None,
     ) -> Generation:
-        """Sample one continuation of `prompt_ids` with the sampled tokens' log-probs."""
+        """Sample one continuation of `prompt_ids` with the sampled tokens' log-probs
+        (reproducibly when `seed` is given)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -83,6 +85,7 @@ class RolloutWorker:
             temperature=self.config.temperature if temperature is None else temperature,
             top_p=self.config.top_p if top_p is None else top_p,
             logprobs=0,
+            seed=seed,
         )
         final = None
         async for out in self.engine.generate(
@@ -131,6 +134,11 @@ class RolloutWorker:
         await self.engine.reset_prefix_cache()
         self.weight_version = version
         return per_worker[0]
+
+    def set_weight_version(self, version: int) -> int:
+        """Record the version of the weights the engine was started from (a resumed run's)."""
+        self.weight_version = version
+        return version
 
     async def shutdown(self) -> None:
         """Stop the engine and its worker process."""

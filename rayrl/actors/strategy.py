@@ -34,6 +34,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -198,6 +200,24 @@ class TorchStrategy(_DataParallel):
     def full_parameters(self) -> Iterator[None]:
         yield
 
+    def save_state(self, folder: str, extra: dict[str, Any]) -> None:
+        """This rank's module, optimizer and `extra` as `folder/rank{r}.pt`."""
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        state = {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(), "extra": extra}
+        torch.save(state, Path(folder) / f"rank{self.rank}.pt")
+
+    def load_state(self, folder: str) -> dict[str, Any]:
+        """Restore what `save_state` wrote; returns its `extra`."""
+        path = Path(folder) / f"rank{self.rank}.pt"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: no training state for rank {self.rank} (saved with fewer ranks?)"
+            )
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        return state["extra"]
+
 
 class DeepSpeedStrategy(_DataParallel):
     """DeepSpeed ZeRO engine around the model (see the module docstring)."""
@@ -264,6 +284,20 @@ class DeepSpeedStrategy(_DataParallel):
 
         with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
             yield
+
+    def save_state(self, folder: str, extra: dict[str, Any]) -> None:
+        """DeepSpeed's own checkpoint (every rank writes its partitions; a collective), with
+        this rank's `extra` as client state."""
+        self.engine.save_checkpoint(
+            str(Path(folder) / "deepspeed"), tag="state", client_state={"extra": extra}
+        )
+
+    def load_state(self, folder: str) -> dict[str, Any]:
+        """Restore what `save_state` wrote (a collective); returns this rank's `extra`."""
+        path, client = self.engine.load_checkpoint(str(Path(folder) / "deepspeed"), tag="state")
+        if path is None:
+            raise FileNotFoundError(f"{folder}: no DeepSpeed checkpoint")
+        return client["extra"]
 
 
 def make_strategy(

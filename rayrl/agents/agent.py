@@ -83,7 +83,8 @@ def apply_memory_window(messages: Sequence[dict[str, str]], window: int | None) 
 
 
 def check_model_folder(path: str | Path) -> Path:
-    """`path` as an absolute folder that holds a Hugging Face `config.json`.
+    """`path` as an absolute folder that holds a Hugging Face `config.json` (for a
+    full-state checkpoint folder, its `policy/`).
 
     Raises:
         FileNotFoundError: the folder or its config.json is missing (the message names the path).
@@ -91,6 +92,8 @@ def check_model_folder(path: str | Path) -> Path:
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder {str(folder)!r} does not exist")
+    if not (folder / "config.json").is_file() and (folder / "policy" / "config.json").is_file():
+        folder = folder / "policy"
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{str(folder)!r} holds no config.json: not a saved Hugging Face model")
     return folder.resolve()

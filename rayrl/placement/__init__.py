@@ -108,13 +108,18 @@ class RolePlacement:
                 if role.gpus:
                     bundles[i]["GPU"] = bundles[i].get("GPU", 0.0) + role.gpus
         self.bundles = bundles
+        have = ray.cluster_resources()
+        for resource in ("CPU", "GPU"):  # a layout larger than the cluster fails now, not at the timeout
+            need = sum(b.get(resource, 0.0) for b in bundles)
+            if need > have.get(resource, 0.0) + 1e-9:
+                raise PlacementError(self._explain(None))
         self.pg: PlacementGroup = placement_group(bundles, strategy=strategy, name="rayrl")
         ready, _ = ray.wait([self.pg.ready()], timeout=timeout_s)
         if not ready:
             remove_placement_group(self.pg)
             raise PlacementError(self._explain(timeout_s))
 
-    def _explain(self, timeout_s: float) -> str:
+    def _explain(self, timeout_s: float | None) -> str:
         have = ray.cluster_resources()
         need_cpu = sum(b["CPU"] for b in self.bundles)
         need_gpu = sum(b.get("GPU", 0) for b in self.bundles)
@@ -124,8 +129,9 @@ class RolePlacement:
         parts = [f"needs {len(self.bundles)} bundles ({layout}): {need_cpu:g} CPU"]
         if need_gpu:
             parts.append(f"{need_gpu:g} GPU")
+        when = "cannot be placed" if timeout_s is None else f"not ready after {timeout_s:g}s"
         return (
-            f"placement group not ready after {timeout_s:g}s: the layout "
+            f"placement group {when}: the layout "
             + ", ".join(parts)
             + f"; cluster has {have.get('CPU', 0):g} CPU and {have.get('GPU', 0):g} GPU"
         )

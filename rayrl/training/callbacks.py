@@ -134,6 +134,30 @@ class CallbackList:
     def __len__(self) -> int:
         return len(self.callbacks)
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps: failure counts, and the `state_dict()` of every callback
+        that has one (JSON-serialisable), so a resumed run's callbacks go on where they were."""
+        return {
+            "errors": dict(self.errors),
+            "disabled": sorted(self.disabled),
+            "callbacks": {
+                name: cb.state_dict()
+                for name, cb in zip(self.names, self.callbacks, strict=True)
+                if callable(getattr(cb, "state_dict", None))
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()` (callbacks matched by name; unknown names are ignored)."""
+        for name, count in state.get("errors", {}).items():
+            if name in self.errors:
+                self.errors[name] = int(count)
+        self.disabled |= {n for n in state.get("disabled", []) if n in self.errors}
+        for name, cb in zip(self.names, self.callbacks, strict=True):
+            saved = state.get("callbacks", {}).get(name)
+            if saved is not None and callable(getattr(cb, "load_state_dict", None)):
+                cb.load_state_dict(saved)
+
     def on_train_begin(self, trainer: TrainerControl) -> None:
         """Run every enabled callback's `on_train_begin`."""
         self._call("on_train_begin", trainer)
@@ -230,6 +254,15 @@ class EarlyStopping(Callback):
     def on_train_begin(self, trainer: TrainerControl) -> None:
         """Forget the previous run's best value."""
         self._reset()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Best value, its step and the wait so far (kept in checkpoints)."""
+        return {"best": self.best, "best_step": self.best_step, "wait": self.wait, "steps": self._steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()` (a resumed run)."""
+        self.best, self.best_step = state["best"], state["best_step"]
+        self.wait, self._steps = int(state["wait"]), int(state["steps"])
 
     def on_step_end(self, trainer: TrainerControl, row: dict[str, Any]) -> None:
         """Update the best value and request a stop once patience is used up."""

@@ -60,6 +60,10 @@ class InferenceConfig(_Section):
     num_engines: int = Field(1, ge=1)
     """Number of rollout actors, each owning one vLLM engine."""
 
+    sync_timeout_s: float = Field(300.0, gt=0.0)
+    """Deadline of one weight sync (every send, receive and load, and each collective of
+    the sync group): past it the step fails, naming the engine that did not answer."""
+
     max_tokens: int = Field(32, ge=1)
     """Maximum new tokens per assistant turn."""
 
@@ -215,6 +219,10 @@ class TrainingConfig(_Section):
     reward_fn: str | None = None
     """Optional "module:function" scoring each episode from its summary dict (the trainer's
     `reward_fn`), replacing the environment's reward."""
+
+    reward_timeout_s: float = Field(60.0, gt=0.0)
+    """Deadline of one `reward_fn` call (run in a thread, off the agent loop's event loop);
+    past it the episode scores 0 and `reward_timeouts` counts it."""
 
     eval_tasks: int = Field(64, ge=0)
     """Held-out tasks scored before and after training by `rayrl train` (0: skip)."""

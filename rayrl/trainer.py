@@ -44,7 +44,7 @@ from rayrl.logs import LEVEL_VAR, driver_level
 from rayrl.model_store import resolve_model
 from rayrl.tracking import RunDirectory
 from rayrl.training.callbacks import Callback, CallbackList
-from rayrl.weight_sync import DEFAULT_BUCKET_BYTES
+from rayrl.weight_sync import DEFAULT_BUCKET_BYTES, sync_engines
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class RayPPOTrainer:
         # the cores, and two torch processes each using every core slow both down, so the
         # reference and critic (and the critic and learner updates) take turns.
         self.overlap_roles = use_gpu
-        roles = placement.plan_roles(cfg, use_gpu)
+        roles = placement.plan_roles(cfg, use_gpu, ray.cluster_resources().get("CPU", 0.0))
         self._placement = placement.RolePlacement(roles, cfg.ray.placement_timeout_s)
 
         p = self._placement
@@ -238,6 +238,7 @@ class RayPPOTrainer:
             self.reward_fn,
             self.env_source,
             cfg.training.batch_size,
+            cfg.training.reward_timeout_s,
             actor_options={"max_concurrency": 10_000},
         )
         # Scoring is a few vectorised passes over a few thousand floats: an actor that
@@ -251,10 +252,11 @@ class RayPPOTrainer:
         host, port = ray.get(self.learner.sync_address.remote())
         world = 1 + len(self.engines)
         backend = "nccl" if use_gpu else "gloo"
+        timeout = cfg.inference.sync_timeout_s
         ray.get(
-            [self.learner.init_weight_sync.remote(host, port, world)]
+            [self.learner.init_weight_sync.remote(host, port, world, timeout)]
             + [
-                e.init_weight_sync.remote(host, port, 1 + i, world, backend)
+                e.init_weight_sync.remote(host, port, 1 + i, world, backend, timeout)
                 for i, e in enumerate(self.engines)
             ]
         )
@@ -478,21 +480,18 @@ class RayPPOTrainer:
             logger.warning("training stopped early and the policy could not be saved", exc_info=True)
 
     def sync_weights(self) -> dict[str, Any]:
-        """Broadcast the learner's weights into every engine (weight version + 1)."""
-        receives = [
-            e.receive_weights.remote(self.spec, DEFAULT_BUCKET_BYTES, self.version + 1) for e in self.engines
-        ]
-        sends = [r.broadcast_weights.remote(DEFAULT_BUCKET_BYTES) for r in self.learners]
-        send = sends[0]
-        # Wait on both sides together so a failing receiver surfaces at once.
-        pending = [*sends, *receives]
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            ray.get(done)
-        sent = ray.get(send)
-        self.version = sent["version"]
-        first = ray.get(receives[0])
-        return {**sent, **{f"engine_{k}": v for k, v in first.items() if k.endswith("_s")}}
+        """Broadcast the learner's weights into every engine (weight version + 1), within
+        `inference.sync_timeout_s`, and check each engine loaded them (`weight_sync.sync_engines`)."""
+        timeout = self.config.inference.sync_timeout_s
+        sync = sync_engines(
+            self.learners, self.engines, self.spec, self.version + 1, DEFAULT_BUCKET_BYTES, timeout
+        )
+        if sync["canary_tensors"] == 0:
+            self._warn_once(
+                ["weight sync: the engines hold none of the fingerprinted tensors; loads are unchecked"]
+            )
+        self.version = sync["version"]
+        return sync
 
     def evaluate(self, num_tasks: int, held_out: bool = True, seed: int = 1234) -> dict[str, float]:
         """Mean reward and success of one sampled episode per task (held-out tasks by default)."""
@@ -524,6 +523,7 @@ class RayPPOTrainer:
             "episodes": int(rewards.size),
             "env_errors": len(stats["errors"]),
             "env_restarts": stats["env_restarts"],
+            "reward_timeouts": stats["reward_timeouts"],
             "truncated_episodes": stats["truncated"],
             "callback_errors": self.callbacks.total_errors,
             "learning_rate": self.learning_rate,
@@ -560,6 +560,7 @@ class RayPPOTrainer:
             **{f"env_{k}": float(np.mean(v)) for k, v in stats.get("info", {}).items() if v},
             "weight_version": sync["version"],
             "sync_gb_per_s": sync["bytes"] / max(sync["seconds"], 1e-9) / 1e9,
+            "sync_checked_tensors": sync["canary_tensors"],
             **{f"time_{k}": v for k, v in times.items()},
         }
 

@@ -15,6 +15,7 @@ while the previous one is on the wire.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -91,6 +92,25 @@ def plan_buckets(spec: WeightSpec, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> 
     if current:
         buckets.append(current)
     return buckets
+
+
+def fingerprint_names(spec: WeightSpec) -> list[str]:
+    """Weights both sides hold in the same layout, fingerprinted after every sync: the
+    embedding and the norms (an engine may repack its GEMM weights after a load, and
+    merges some of them, so those cannot be read back as sent)."""
+    return [t.name for t in spec if t.name.endswith(("norm.weight", "embed_tokens.weight"))]
+
+
+def fingerprint(named_tensors: Iterable[tuple[str, torch.Tensor]], names: list[str], dtype: str) -> dict:
+    """Exact checksums of the named tensors as `dtype` holds them: the integer sum of their
+    bit patterns (order-free, so equal on both sides whatever their threads)."""
+    wanted, out = set(names), {}
+    as_int = {2: torch.int16, 4: torch.int32}
+    for name, tensor in named_tensors:
+        if name in wanted:
+            t = tensor.detach().to(torch_dtype(dtype)).contiguous()
+            out[name] = int(t.view(as_int[t.element_size()]).sum(dtype=torch.int64))
+    return out
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -188,3 +208,58 @@ def receive_buckets(
             views.append((spec[i].name, flat[offset : offset + n].view(spec[i].shape)))
             offset += n
         yield views
+
+
+class WeightSyncError(RuntimeError):
+    """A sync that missed its deadline, or after which an engine does not hold the weights
+    that were sent; the message names the engine."""
+
+
+def sync_engines(
+    learners: list, engines: list, spec: WeightSpec, version: int, bucket_bytes: int, timeout_s: float
+) -> dict:
+    """Broadcast the learner ranks' weights into every engine as `version`, then prove it.
+
+    Every call has one deadline: a rank or engine that has not finished after `timeout_s`
+    fails the sync (the group's own collective timeout then frees the others). After
+    the transfer each engine worker's fingerprint of what it loaded must equal the
+    learner's of what it sent; an engine that received but did not load fails here.
+
+    Returns:
+        the learner's figures (bytes, seconds, version), the first engine's (`engine_*_s`),
+        and `canary_tensors`: how many tensors each engine's fingerprint covered.
+    """
+    import ray
+
+    receives = [e.receive_weights.remote(spec, bucket_bytes, version) for e in engines]
+    sends = [r.broadcast_weights.remote(bucket_bytes) for r in learners]
+    names = {
+        **{s: f"learner rank {i}" for i, s in enumerate(sends)},
+        **{r: f"engine {i}" for i, r in enumerate(receives)},
+    }
+    deadline = time.monotonic() + timeout_s
+    pending = [*sends, *receives]
+    while pending:  # both sides together, so a failing receiver surfaces at once
+        done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not done:
+            raise WeightSyncError(
+                f"weight sync to version {version} missed its {timeout_s:g}s deadline "
+                f"(inference.sync_timeout_s): no answer from {', '.join(names[r] for r in pending)}"
+            )
+        ray.get(done)
+    sent = ray.get(sends[0])
+    expected = sent.pop("fingerprint")
+    received = ray.get(receives)
+    for i, got in enumerate(received):
+        for w, prints in enumerate(got["fingerprints"]):
+            wrong = sorted(n for n in prints if prints[n] != expected.get(n))
+            if wrong:
+                raise WeightSyncError(
+                    f"engine {i} (worker {w}) does not serve the weights of version {version} it was "
+                    f"sent: {len(wrong)} of {len(prints)} fingerprinted tensors differ ({', '.join(wrong[:3])}"
+                    f"{', ...' if len(wrong) > 3 else ''}); it did not load the broadcast"
+                )
+    covered = min((len(p) for got in received for p in got["fingerprints"]), default=0)
+    first = received[0] if received else {}
+    engine = {f"engine_{k}": v for k, v in first.items() if k.endswith("_s")}
+    return {**sent, **engine, "canary_tensors": covered}

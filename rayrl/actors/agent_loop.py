@@ -79,6 +79,9 @@ class EpisodeRunner:
         env_source: where each episode's fresh environment comes from (default: the
             one `env_config.name` names).
         max_episodes: most episodes in flight at once (sizes the environment pool).
+        reward_timeout_s: deadline of one `reward_fn` call. It runs off the event loop (a
+            thread), so a slow reward holds only its own episode; past the deadline that
+            episode scores 0, with the reason recorded and counted.
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class EpisodeRunner:
         reward_fn: str | Callable[[dict], float] | None = None,
         env_source: EnvironmentSource | None = None,
         max_episodes: int = 1,
+        reward_timeout_s: float = 60.0,
     ):
         from transformers import AutoTokenizer
 
@@ -105,6 +109,8 @@ class EpisodeRunner:
         self.max_turns = probe.turn_limit()
         self._eos_text = self.tokenizer.eos_token or ""
         self.reward_fn = load_episode_reward(reward_fn) if isinstance(reward_fn, str) else reward_fn
+        self.reward_timeout_s = reward_timeout_s
+        self.reward_timeouts = 0
         self.warnings: list[str] = []
         self.envs = EnvironmentPool(env_config, env_source, env_config.num_actors or max_episodes)
 
@@ -230,19 +236,27 @@ class EpisodeRunner:
         fn = self.reward_fn
         try:
             if isinstance(fn, RewardFunction) and fn.reward_type is RewardType.IMMEDIATE:
-                episode.turn_rewards = [float(r) for r in await ascore_turns(fn, as_transcript(summary))]
+                scores = await self._deadline(ascore_turns(fn, as_transcript(summary)))
+                episode.turn_rewards = [float(r) for r in scores]
                 episode.reward = 0.0
             elif isinstance(fn, RewardFunction):
-                episode.reward = float((await fn.acompute(as_transcript(summary))).score)
+                episode.reward = float((await self._deadline(fn.acompute(as_transcript(summary)))).score)
             else:
-                value = fn(summary)
-                episode.reward = float(await value if inspect.isawaitable(value) else value)
+                value = await self._deadline(asyncio.to_thread(fn, summary))
+                episode.reward = float(await self._deadline(value) if inspect.isawaitable(value) else value)
+        except asyncio.TimeoutError:  # builtin TimeoutError only from Python 3.11
+            self.reward_timeouts += 1
+            episode.reward, episode.turn_rewards = 0.0, []
+            episode.error = f"reward_fn timed out after {self.reward_timeout_s:g}s (training.reward_timeout_s)"
         except Exception as err:  # noqa: BLE001 - a reward bug scores 0 for this episode only
             episode.reward, episode.turn_rewards = 0.0, []
             episode.error = f"reward_fn failed: {type(err).__name__}: {err}"
         if not has_tools and summary["tools"].read and NO_TOOLS_WARNING not in self.warnings:
             logger.warning(NO_TOOLS_WARNING)
             self.warnings.append(NO_TOOLS_WARNING)
+
+    async def _deadline(self, awaitable):
+        return await asyncio.wait_for(awaitable, self.reward_timeout_s)
 
     async def collect(
         self, tasks: list[Any], group_size: int, temperature: float | None = None, seed: int | None = None
@@ -291,6 +305,7 @@ class EpisodeRunner:
             "truncated": sum(e.truncated for e in kept),
             "warnings": list(self.warnings),
             "env_restarts": self.envs.restarts,
+            "reward_timeouts": self.reward_timeouts,
             "seconds": seconds,
         }
         return table, stats

@@ -213,15 +213,17 @@ class ActorLearner:
         """Rendezvous address for a group whose rank 0 is this actor (learner ranks, weight sync)."""
         return rendezvous_address()
 
-    def init_weight_sync(self, host: str, port: int, world_size: int) -> str:
-        """Create the group as rank 0 (blocks until every engine worker joins)."""
+    def init_weight_sync(self, host: str, port: int, world_size: int, timeout_s: float = 300.0) -> str:
+        """Create the group as rank 0 (blocks until every engine worker joins); a collective
+        of the group that waits longer than `timeout_s` fails."""
         backend = "nccl" if self.device.type == "cuda" else "gloo"
-        self._group = weight_sync.init_group(host, port, 0, world_size, backend)
+        self._group = weight_sync.init_group(host, port, 0, world_size, backend, timeout_s)
         return backend
 
     def broadcast_weights(self, bucket_bytes: int = weight_sync.DEFAULT_BUCKET_BYTES) -> dict:
         """Send the current weights to every engine (rank 0; the other ranks only take part
-        in the ZeRO-3 gather); returns bytes, seconds and version.
+        in the ZeRO-3 gather); returns bytes, seconds, version and the fingerprint of what
+        was sent (see `weight_sync.fingerprint`).
 
         Args:
             bucket_bytes: bucket size; the receivers must be given the same number.
@@ -229,14 +231,17 @@ class ActorLearner:
         if self.rank == 0 and self._group is None:
             raise RuntimeError("init_weight_sync() has not run")
         t0 = time.perf_counter()
-        sent = 0
+        sent, prints = 0, {}
         with torch.no_grad(), self.strategy.full_parameters():
             if self.rank == 0:
                 sent = weight_sync.send_weights(
                     self._group, self.full_weights(), self._spec, bucket_bytes, self.device
                 )
+                names = weight_sync.fingerprint_names(self._spec)
+                prints = weight_sync.fingerprint(self.full_weights(), names, self.sync_dtype)
         self.version += 1
-        return {"bytes": sent, "seconds": time.perf_counter() - t0, "version": self.version}
+        seconds = time.perf_counter() - t0
+        return {"bytes": sent, "seconds": seconds, "version": self.version, "fingerprint": prints}
 
     # ---- checkpoints -----------------------------------------------------
     def save(self, path: str) -> str:

@@ -36,6 +36,9 @@ class RolloutWorker:
         engine_index: index among rollout actors (offsets the sampling seed).
     """
 
+    worker_extension = "rayrl.actors.vllm_ext.WeightSyncExtension"
+    """Import path of the class mixed into vLLM's workers (weight-sync methods)."""
+
     def __init__(self, model_path: str, config: InferenceConfig, engine_index: int = 0):
         self.model_path = model_path
         self.config = config
@@ -60,7 +63,7 @@ class RolloutWorker:
             enforce_eager=self.config.enforce_eager,
             gpu_memory_utilization=self.config.gpu_memory_utilization,
             seed=self.config.seed + self.engine_index,
-            worker_extension_cls="rayrl.actors.vllm_ext.WeightSyncExtension",
+            worker_extension_cls=self.worker_extension,
             enable_prefix_caching=True,
         )
         t0 = time.perf_counter()
@@ -113,18 +116,19 @@ class RolloutWorker:
         ]
 
     async def init_weight_sync(
-        self, host: str, port: int, rank_offset: int, world_size: int, backend: str
+        self, host: str, port: int, rank_offset: int, world_size: int, backend: str, timeout_s: float = 300.0
     ) -> list[int]:
-        """Have every engine worker join the learner's weight-sync group."""
+        """Have every engine worker join the learner's weight-sync group (collectives that
+        wait longer than `timeout_s` fail)."""
         return await self.engine.collective_rpc(
-            "rayrl_init_weight_sync", args=(host, port, rank_offset, world_size, backend)
+            "rayrl_init_weight_sync", args=(host, port, rank_offset, world_size, backend, timeout_s)
         )
 
     async def receive_weights(self, spec, bucket_bytes: int, version: int) -> dict:
         """Load the learner's next broadcast; cached prefixes of old weights are dropped.
 
         Returns the first worker's figures: tensors loaded, seconds receiving,
-        loading and finalizing.
+        loading and finalizing, and `fingerprints`, one per worker, of the loaded weights.
         """
         from rayrl.weight_sync import to_wire
 
@@ -133,7 +137,7 @@ class RolloutWorker:
         )
         await self.engine.reset_prefix_cache()
         self.weight_version = version
-        return per_worker[0]
+        return {**per_worker[0], "fingerprints": [w.pop("fingerprint") for w in per_worker]}
 
     def set_weight_version(self, version: int) -> int:
         """Record the version of the weights the engine was started from (a resumed run's)."""

@@ -20,16 +20,23 @@ class WeightSyncExtension:
     """Mixed into vLLM's worker class; `self` is the worker."""
 
     def rayrl_init_weight_sync(
-        self, host: str, port: int, rank_offset: int, world_size: int, backend: str
+        self, host: str, port: int, rank_offset: int, world_size: int, backend: str, timeout_s: float = 300.0
     ) -> int:
         """Join the learner's group as rank `rank_offset + this worker's rank`."""
         rank = rank_offset + self.rank
-        self._rayrl_group = weight_sync.init_group(host, port, rank, world_size, backend)
+        self._rayrl_group = weight_sync.init_group(host, port, rank, world_size, backend, timeout_s)
         self._rayrl_aliases = _shared_parameters(self.model_runner.model)
         logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(
             _ExpectedReloadWarnings()
         )
         return rank
+
+    def rayrl_fingerprint(self, names: list[str]) -> dict:
+        """`weight_sync.fingerprint` of the named weights as the running model holds them."""
+        model = self.model_runner.model
+        params = dict(model.named_parameters())
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        return weight_sync.fingerprint(((n, params[n]) for n in names if n in params), names, dtype)
 
     def rayrl_receive_weights(self, wire_spec: list, bucket_bytes: int) -> dict:
         """Receive one broadcast of every weight and load it into the running model.
@@ -39,7 +46,8 @@ class WeightSyncExtension:
             bucket_bytes: bucket size the learner sends with.
 
         Returns:
-            tensors loaded, and seconds spent receiving, loading and finalizing.
+            tensors loaded, seconds spent receiving, loading and finalizing, and the
+            fingerprint of the loaded weights.
         """
         from vllm.model_executor.model_loader.reload import (
             finalize_layerwise_reload,
@@ -80,6 +88,9 @@ class WeightSyncExtension:
                 method.process_weights_after_loading(module)
         stats["finalize_s"] = time.perf_counter() - t
         stats["total_s"] = time.perf_counter() - t0
+        stats["fingerprint"] = self.rayrl_fingerprint(
+            weight_sync.fingerprint_names(weight_sync.from_wire(wire_spec))
+        )
         return stats
 
 

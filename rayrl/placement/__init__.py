@@ -5,13 +5,15 @@ reference ranks (when there is a KL term), the critic ranks (with GAE) and the a
 loop. With `ray.colocate_models` reference and critic rank i instead share learner
 rank i's bundle, each actor asking for a fraction of it (a third of a GPU each, say). On a cluster with GPUs the model roles get GPU bundles; in
 local CPU mode every bundle is one logical CPU (the roles take turns on the real
-cores: rollout, then reference, then update). Role classes are plain; this module
+cores: rollout, then reference, then update; on a cluster with fewer logical CPUs than
+bundles each bundle asks for an equal share). Role classes are plain; this module
 is the only place that wraps them with `ray.remote` and pins them to a bundle.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
@@ -39,8 +41,23 @@ class RoleSpec:
     host: str | None = None
 
 
-def plan_roles(config: ConfigStore, use_gpu: bool) -> list[RoleSpec]:
-    """Roles and their resources for this config (separate or colocated models)."""
+def plan_roles(config: ConfigStore, use_gpu: bool, cpu_budget: float | None = None) -> list[RoleSpec]:
+    """Roles and their resources for this config (separate or colocated models).
+
+    Without GPUs the roles take turns on the cores (rollout, then reference, then
+    update), so when the cluster has fewer logical CPUs than the layout has bundles
+    (`cpu_budget`, e.g. a 2-core head started by `ray start --head`), every bundle asks
+    for an equal share of them instead of a whole CPU.
+    """
+    roles = _plan(config, use_gpu)
+    bundles = num_bundles(roles)
+    if not use_gpu and cpu_budget is not None and bundles > cpu_budget:
+        scale = math.floor(100 * cpu_budget / bundles) / 100  # Ray resolves CPU to 1e-4
+        roles = [replace(r, cpus=r.cpus * scale) for r in roles]
+    return roles
+
+
+def _plan(config: ConfigStore, use_gpu: bool) -> list[RoleSpec]:
     gpu = 1.0 if use_gpu else 0.0
     models = ["learner"]
     if config.training.kl_coef > 0:

@@ -40,8 +40,8 @@ class RecordingEngine:
         self.engine = engine
         self.calls: list[tuple[list[int], list[int], list[float]]] = []
 
-    async def generate(self, prompt_ids, max_tokens=None, temperature=None):
-        out = await self.engine.generate.remote(prompt_ids, max_tokens, temperature)
+    async def generate(self, prompt_ids, max_tokens=None, temperature=None, seed=None):
+        out = await self.engine.generate.remote(prompt_ids, max_tokens, temperature, seed=seed)
         self.calls.append((list(prompt_ids), list(out.token_ids), list(out.logprobs)))
         return out
 

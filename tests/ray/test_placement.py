@@ -103,3 +103,14 @@ def test_role_groups_get_a_bundle_per_rank_or_share_the_learner_ranks(ray_local)
         assert [v for v, _ in ray_local.get([a.get.remote() for a in actors])] == [0, 1]
     finally:
         layout.remove()
+
+
+def test_cpu_bundles_share_a_small_cluster():
+    cfg = make_config()  # rollout, learner, reference, agent loop: 4 bundles
+    whole = placement.plan_roles(cfg, use_gpu=False, cpu_budget=8)
+    assert {r.cpus for r in whole} == {1.0}
+    shared = placement.plan_roles(cfg, use_gpu=False, cpu_budget=2)
+    assert {r.cpus for r in shared} == {0.5}
+    assert sum(r.cpus * r.count for r in shared) <= 2
+    # GPU layouts keep a whole CPU per bundle (GPU machines have cores to spare)
+    assert {r.cpus for r in placement.plan_roles(cfg, use_gpu=True, cpu_budget=2)} == {1.0}

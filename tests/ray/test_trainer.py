@@ -1,10 +1,12 @@
 """The whole loop on real actors with a tiny model: files, metrics, sync, saved policy."""
 
 import json
+import time
 
 import pytest
 import yaml
 
+from rayrl.rewards import ConcisenessReward
 from rayrl.trainer import RayPPOTrainer
 from tests.conftest import make_config
 
@@ -110,9 +112,22 @@ def test_dead_engine_stops_training_but_keeps_the_policy(ray_local, tiny_model, 
         trainer.cleanup()
 
 
+class ConciseButHangsOnce(ConcisenessReward):
+    """ConcisenessReward, except that its first call in the agent-loop process never returns."""
+
+    calls = 0
+
+    def compute(self, episode):
+        type(self).calls += 1
+        if type(self).calls == 1:
+            time.sleep(3600)
+        return super().compute(episode)
+
+
 def test_reward_fn_from_a_config_line_replaces_the_environment_reward(ray_local, tiny_model, tmp_path):
     """A tiny random model never solves a sum (env reward 0), but its short replies are
-    all concise: with ConcisenessReward as reward_fn every episode scores 1."""
+    all concise: with ConcisenessReward as reward_fn every episode scores 1, except the one
+    whose reward hangs: past reward_timeout_s it scores 0 and the step goes on."""
     config = tiny_config(
         tiny_model,
         training={
@@ -120,7 +135,8 @@ def test_reward_fn_from_a_config_line_replaces_the_environment_reward(ray_local,
             "batch_size": 4,
             "group_size": 2,
             "kl_coef": 0.0,
-            "reward_fn": "rayrl.rewards:ConcisenessReward",
+            "reward_fn": "tests.ray.test_trainer:ConciseButHangsOnce",
+            "reward_timeout_s": 2.0,
         },
         environment={"max_turns": 1},
         checkpoint={"run_dir": str(tmp_path), "save_final": False},
@@ -130,8 +146,9 @@ def test_reward_fn_from_a_config_line_replaces_the_environment_reward(ray_local,
         row = trainer.fit()[0]
     finally:
         trainer.cleanup()
-    assert row["reward_mean"] == pytest.approx(1.0)
-    assert row["env_errors"] == 0
+    assert row["reward_timeouts"] == 1 and row["env_errors"] == 1
+    assert row["reward_mean"] == pytest.approx(0.75)  # the other three episodes were scored
+    assert row["time_rollout"] < 60
     assert "env_correct" in row and "env_first_try" in row  # the environment's step info, averaged
 
 
@@ -150,11 +167,14 @@ def test_reward_fn_from_a_config_line_replaces_the_environment_reward(ray_local,
             },
             ("value_loss", "value_explained_var", "kl_reward", "critic_grad_norm"),
         ),
-        (
+        pytest.param(  # estimator and group filter are unit-tested; this is the wiring
             {"adv_estimator": "rloo", "filter_groups": True, "entropy_coef": 0.01, "clip_ratio_high": 0.28},
             ("kept_episodes", "filtered_episodes"),
+            marks=pytest.mark.slow,
         ),
-        ({"adv_estimator": "reinforce_pp_baseline", "target_kl": 0.01}, ("kl_coef",)),
+        pytest.param(
+            {"adv_estimator": "reinforce_pp_baseline", "target_kl": 0.01}, ("kl_coef",), marks=pytest.mark.slow
+        ),
         (
             {"adv_estimator": "grpo", "strategy": "deepspeed", "zero_stage": 3, "num_learners": 2},
             ("grad_norm",),

@@ -4,22 +4,46 @@ The engine runs in float32 so that its log-probs can be compared with the learne
 tightly: after a sync they must agree, and differ from the pre-update ones.
 """
 
+import asyncio
+import time
+
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from rayrl import weight_sync
 from rayrl.actors.learner import ActorLearner
 from rayrl.actors.rollout import RolloutWorker
+from rayrl.actors.vllm_ext import WeightSyncExtension
 from rayrl.config import InferenceConfig, TrainingConfig
+from rayrl.weight_sync import WeightSyncError, sync_engines
 
 
-@pytest.fixture(scope="module", params=[0, 8], ids=["full", "lora"])
-def pair(ray_local, tiny_model, request):
-    """An engine and a learner joined for sync; the learner trains every weight, or LoRA
-    adapters (rank 8) whose merged weights the sync sends."""
-    ray = ray_local
+class IgnoringExtension(WeightSyncExtension):
+    """An engine bug: takes part in the broadcast but loads nothing."""
+
+    def rayrl_receive_weights(self, wire_spec, bucket_bytes):
+        spec = weight_sync.from_wire(wire_spec)
+        for _ in weight_sync.receive_buckets(self._rayrl_group, spec, bucket_bytes, "cpu"):
+            pass
+        names = weight_sync.fingerprint_names(spec)
+        return {"tensors": len(spec), "fingerprint": self.rayrl_fingerprint(names)}
+
+
+class IgnoringWorker(RolloutWorker):
+    worker_extension = f"{__name__}.IgnoringExtension"
+
+
+class StuckEngine:
+    """An engine whose receive never returns (a hung receiver)."""
+
+    async def receive_weights(self, spec, bucket_bytes, version):
+        await asyncio.sleep(3600)
+
+
+def start_pair(ray, tiny_model, lora_rank=0, worker=RolloutWorker):
     engine = (
-        ray.remote(RolloutWorker)
+        ray.remote(worker)
         .options(num_cpus=1)
         .remote(tiny_model, InferenceConfig(dtype="float32", max_model_len=256, kv_cache_gb=1, max_tokens=8))
     )
@@ -33,7 +57,7 @@ def pair(ray_local, tiny_model, request):
                 learning_rate=1e-2,
                 autocast_dtype="float32",
                 kl_coef=0.0,
-                lora_rank=request.param,
+                lora_rank=lora_rank,
                 lora_alpha=64.0,
             ),
             "float32",
@@ -47,20 +71,31 @@ def pair(ray_local, tiny_model, request):
             engine.init_weight_sync.remote(host, port, 1, 2, "gloo"),
         ]
     )
-    yield ray, engine, learner
+    return engine, learner
+
+
+def stop_pair(ray, engine, learner):
     ray.get(engine.shutdown.remote())
     ray.kill(engine)
     ray.kill(learner)
 
 
-def sync(ray, engine, learner, version):
+@pytest.fixture(scope="module", params=[0, 8], ids=["full", "lora"])
+def pair(ray_local, tiny_model, request):
+    """An engine and a learner joined for sync; the learner trains every weight, or LoRA
+    adapters (rank 8) whose merged weights the sync sends."""
+    engine, learner = start_pair(ray_local, tiny_model, request.param)
+    yield ray_local, engine, learner
+    stop_pair(ray_local, engine, learner)
+
+
+def sync(ray, engine, learner, version, timeout_s=60.0):
     spec = ray.get(learner.weight_spec.remote())
-    recv = engine.receive_weights.remote(spec, 1 << 20, version)
-    sent = ray.get(learner.broadcast_weights.remote(1 << 20))
-    received = ray.get(recv)
-    assert received["tensors"] == len(spec)
-    assert received["total_s"] >= received["receive_s"]
-    return sent
+    synced = sync_engines([learner], [engine], spec, version, 1 << 20, timeout_s)
+    assert synced["engine_total_s"] >= synced["engine_receive_s"]
+    # the canary compared the embedding and every norm (2 per layer + the final one)
+    assert synced["canary_tensors"] == 1 + 2 * 2 + 1
+    return synced
 
 
 def test_engine_matches_learner_after_an_update(pair):
@@ -99,3 +134,41 @@ def test_generation_reports_the_weight_version(pair):
     gen = ray.get(engine.generate.remote([1, 2, 3, 4], 4, 1.0))
     assert gen.weight_version == 1
     assert len(gen.token_ids) == len(gen.logprobs) <= 4
+
+
+def one_update(ray, learner):
+    seq = list(range(100, 140))
+    batch = pa.table(
+        {
+            "input_ids": pa.array([seq], type=pa.list_(pa.int32())),
+            "loss_mask": pa.array([[0] * 20 + [1] * 20], type=pa.list_(pa.int8())),
+            "rollout_logprobs": pa.array([[0.0] * 40], type=pa.list_(pa.float32())),
+            "advantages": pa.array([[0.0] * 20 + [1.0] * 20], type=pa.list_(pa.float32())),
+        }
+    )
+    assert ray.get(learner.update.remote(batch))["grad_norm"] > 0
+
+
+def test_an_engine_that_loads_nothing_is_caught_at_the_first_sync(ray_local, tiny_model):
+    engine, learner = start_pair(ray_local, tiny_model, worker=IgnoringWorker)
+    try:
+        one_update(ray_local, learner)
+        spec = ray_local.get(learner.weight_spec.remote())
+        with pytest.raises(
+            WeightSyncError, match=r"engine 0 \(worker 0\) does not serve the weights of version 1"
+        ):
+            sync_engines([learner], [engine], spec, 1, 1 << 20, 60.0)
+    finally:
+        stop_pair(ray_local, engine, learner)
+
+
+def test_a_hung_receiver_fails_the_sync_within_its_deadline(pair):
+    ray, engine, learner = pair
+    stuck = ray.remote(StuckEngine).options(num_cpus=0).remote()
+    spec = ray.get(learner.weight_spec.remote())
+    version = ray.get(engine.generate.remote([1, 2, 3], 2, 1.0)).weight_version + 1
+    t0 = time.perf_counter()
+    with pytest.raises(WeightSyncError, match=r"missed its 5s deadline.*no answer from engine 1"):
+        sync_engines([learner], [engine, stuck], spec, version, 1 << 20, 5.0)
+    assert time.perf_counter() - t0 < 15
+    ray.kill(stuck)

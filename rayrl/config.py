@@ -60,6 +60,10 @@ class InferenceConfig(_Section):
     num_engines: int = Field(1, ge=1)
     """Number of rollout actors, each owning one vLLM engine."""
 
+    max_engine_restarts: int = Field(3, ge=0)
+    """Rollout engines that may die and be replaced in one run (each restart re-runs the
+    episodes the engine was serving); one more stops the run."""
+
     sync_timeout_s: float = Field(300.0, gt=0.0)
     """Deadline of one weight sync (every send, receive and load, and each collective of
     the sync group): past it the step fails, naming the engine that did not answer."""

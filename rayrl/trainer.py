@@ -28,7 +28,7 @@ import ray
 from tqdm import tqdm
 
 from rayrl import placement
-from rayrl.actors.agent_loop import EpisodeRunner, sample_tasks
+from rayrl.actors.agent_loop import EngineLost, EpisodeRunner, sample_tasks
 from rayrl.actors.critic import Critic
 from rayrl.actors.learner import ActorLearner
 from rayrl.actors.reference import ReferenceWorker
@@ -165,6 +165,7 @@ class RayPPOTrainer:
         self.overlap_roles = False
         self.version = 0
         self.start_step = 0  # a resumed run's first step
+        self.engine_restarts = 0
         self._callback_state: dict | None = None
         self.rng = random.Random(config.training.seed)
 
@@ -194,8 +195,9 @@ class RayPPOTrainer:
             update={"dtype": resolve_dtype(cfg.inference.dtype, "cuda" if use_gpu else "cpu")}
         )
         policy_path = str(resume / "policy") if resume else model_path  # what the engines serve
+        self.engine_cfg, self.use_gpu = engine_cfg, use_gpu
         self.engines = [
-            p.spawn("rollout", RolloutWorker, policy_path, engine_cfg, i)
+            p.spawn("rollout", RolloutWorker, policy_path, engine_cfg, i, index=i)
             for i in range(cfg.inference.num_engines)
         ]
         engine_starts = [e.start.remote() for e in self.engines]
@@ -247,12 +249,20 @@ class RayPPOTrainer:
         envs_ready = self.runner.ready.remote()  # environment actors start while the engines load
         ray.get(engine_starts)
 
-        # Weight-sync group: learner rank 0, engine i rank i + 1.
         self.spec = ray.get(self.learner.weight_spec.remote())
+        self.join_weight_sync()
+        ray.get(envs_ready)
+        ray.get(strategy_ready)
+        ray.get([a.__ray_ready__.remote() for a in self.references])
+        if resume is not None:
+            self.restore(resume)
+
+    def join_weight_sync(self) -> None:
+        """(Re)build the weight-sync group: learner rank 0, engine i rank i + 1."""
         host, port = ray.get(self.learner.sync_address.remote())
         world = 1 + len(self.engines)
-        backend = "nccl" if use_gpu else "gloo"
-        timeout = cfg.inference.sync_timeout_s
+        backend = "nccl" if self.use_gpu else "gloo"
+        timeout = self.config.inference.sync_timeout_s
         ray.get(
             [self.learner.init_weight_sync.remote(host, port, world, timeout)]
             + [
@@ -260,11 +270,6 @@ class RayPPOTrainer:
                 for i, e in enumerate(self.engines)
             ]
         )
-        ray.get(envs_ready)
-        ray.get(strategy_ready)
-        ray.get([a.__ray_ready__.remote() for a in self.references])
-        if resume is not None:
-            self.restore(resume)
 
     # ---- the loop --------------------------------------------------------------
     def fit(self, num_epochs: int | None = None) -> list[dict[str, Any]]:
@@ -319,10 +324,7 @@ class RayPPOTrainer:
         n_groups = t_cfg.batch_size // t_cfg.group_size
         tasks = sample_tasks(cfg.environment, n_groups, self.rng, env_source=self.env_source)
         seed = t_cfg.seed * 1_000_003 + step if t_cfg.deterministic else None
-        batch_ref, stats_ref = self.runner.collect.options(num_returns=2).remote(
-            tasks, t_cfg.group_size, None, seed
-        )
-        stats = ray.get(stats_ref)
+        batch_ref, stats = self.collect(tasks, seed)
         times["rollout"] = time.perf_counter() - t
         self._warn_once(stats["warnings"])
 
@@ -384,6 +386,46 @@ class RayPPOTrainer:
             if message not in self._warned:
                 self._warned.add(message)
                 logger.warning(message)
+
+    # ---- rollout with engine recovery ---------------------------------------------
+    def collect(self, tasks: list, seed: int | None) -> tuple[Any, dict]:
+        """The step's batch (an object reference) and its stats; engines that die while
+        serving it are replaced (`recover_engines`) and their episodes re-run."""
+        refs = self.runner.collect.options(num_returns=2).remote(
+            tasks, self.config.training.group_size, None, seed
+        )
+        while True:
+            try:
+                return refs[0], ray.get(refs[1])
+            except EngineLost as lost:
+                logger.warning("%s; restarting them", lost)
+                self.recover_engines(lost.engines)
+                refs = self.runner.retry_lost.options(num_returns=2).remote(self.engines)
+
+    def recover_engines(self, dead: list[int]) -> None:
+        """Replace dead engines in their bundles, rebuild the sync group and load the current
+        weights into every engine before any of them serves again."""
+        limit = self.config.inference.max_engine_restarts
+        if self.engine_restarts + len(dead) > limit:
+            raise RuntimeError(
+                f"rollout engine(s) {dead} died and {self.engine_restarts} restart(s) of "
+                f"inference.max_engine_restarts={limit} are used up; stopping"
+            )
+        for i in dead:
+            try:
+                ray.kill(self.engines[i])  # an engine whose vLLM core died is still an actor
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+            self.engines[i] = self._placement.spawn(
+                "rollout", RolloutWorker, self.model_path, self.engine_cfg, i, index=i
+            )
+        ray.get([self.engines[i].start.remote() for i in dead])
+        self.join_weight_sync()
+        timeout = self.config.inference.sync_timeout_s
+        sync_engines(
+            self.learners, self.engines, self.spec, self.version, DEFAULT_BUCKET_BYTES, timeout, bump=False
+        )
+        self.engine_restarts += len(dead)
 
     # ---- control from callbacks ------------------------------------------------
     @property
@@ -524,6 +566,8 @@ class RayPPOTrainer:
             "env_errors": len(stats["errors"]),
             "env_restarts": stats["env_restarts"],
             "reward_timeouts": stats["reward_timeouts"],
+            "engine_restarts": self.engine_restarts,
+            "episodes_retried": stats["episodes_retried"],
             "truncated_episodes": stats["truncated"],
             "callback_errors": self.callbacks.total_errors,
             "learning_rate": self.learning_rate,

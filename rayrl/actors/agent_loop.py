@@ -61,6 +61,38 @@ class Episode:
     error: str | None = None
     turn_rewards: list[float] = field(default_factory=list)
     truncated: bool = False
+    lost_engine: int | None = None  # index of the engine that died serving this episode
+
+
+class EngineLost(RuntimeError):
+    """Rollout engines died while serving episodes of a batch.
+
+    The runner keeps the batch's finished episodes; after the engines are replaced,
+    `EpisodeRunner.retry_lost` re-runs the episodes they were serving.
+
+    Args:
+        engines: indices of the dead engines.
+        episodes: how many episodes they were serving.
+        cause: what the first failure said.
+    """
+
+    def __init__(self, engines: list[int], episodes: int, cause: str = ""):
+        super().__init__(f"rollout engine(s) {engines} died serving {episodes} episode(s): {cause}")
+        self.engines, self.episodes, self.cause = engines, episodes, cause
+
+    def __reduce__(self):
+        return EngineLost, (self.engines, self.episodes, self.cause)
+
+
+def engine_died(err: BaseException) -> bool:
+    """Whether a failed engine call means the engine is gone: its actor died, or its vLLM
+    engine core did (the actor lives on but can no longer generate)."""
+    import ray
+
+    if isinstance(err, ray.exceptions.RayActorError):
+        return True
+    cause = getattr(err, "cause", None)
+    return type(cause).__name__ == "EngineDeadError" or type(err).__name__ == "EngineDeadError"
 
 
 class EpisodeRunner:
@@ -111,6 +143,8 @@ class EpisodeRunner:
         self.reward_fn = load_episode_reward(reward_fn) if isinstance(reward_fn, str) else reward_fn
         self.reward_timeout_s = reward_timeout_s
         self.reward_timeouts = 0
+        self.episodes_retried = 0
+        self._held: tuple | None = None  # a batch waiting for `retry_lost`
         self.warnings: list[str] = []
         self.envs = EnvironmentPool(env_config, env_source, env_config.num_actors or max_episodes)
 
@@ -158,10 +192,11 @@ class EpisodeRunner:
 
     # ---- episodes ----------------------------------------------------------------
     async def run_episode(
-        self, task: Any, group: int, engine, temperature: float | None = None, seed: int | None = None
+        self, task: Any, group: int, engine: int, temperature: float | None = None, seed: int | None = None
     ) -> Episode:
-        """Play one episode of `task` on `engine`; never raises for environment errors.
-        With `seed`, turn t samples with seed `seed + t` (a reproducible episode)."""
+        """Play one episode of `task` on engine number `engine`; never raises for environment
+        errors. With `seed`, turn t samples with seed `seed + t` (a reproducible episode).
+        If the engine dies the episode comes back with `lost_engine` set."""
         env = await self.envs.acquire()
         try:
             return await self._play(env, task, group, engine, temperature, seed)
@@ -169,7 +204,7 @@ class EpisodeRunner:
             await self.envs.release(env)
 
     async def _play(
-        self, env, task: Any, group: int, engine, temperature: float | None, seed: int | None
+        self, env, task: Any, group: int, engine: int, temperature: float | None, seed: int | None
     ) -> Episode:
         try:
             first = await env.reset(task)
@@ -185,7 +220,12 @@ class EpisodeRunner:
                 truncated = True
                 break
             turn_seed = None if seed is None else seed + turns
-            gen = await engine.generate.remote(ids, budget, temperature, seed=turn_seed)
+            try:
+                gen = await self.engines[engine].generate.remote(ids, budget, temperature, seed=turn_seed)
+            except Exception as err:
+                if not engine_died(err):
+                    raise
+                return Episode([], [], [], 0.0, group, turns, error=repr(err)[:300], lost_engine=engine)
             turns += 1
             ids += gen.token_ids
             mask += [1] * len(gen.token_ids)
@@ -247,7 +287,9 @@ class EpisodeRunner:
         except asyncio.TimeoutError:  # builtin TimeoutError only from Python 3.11
             self.reward_timeouts += 1
             episode.reward, episode.turn_rewards = 0.0, []
-            episode.error = f"reward_fn timed out after {self.reward_timeout_s:g}s (training.reward_timeout_s)"
+            episode.error = (
+                f"reward_fn timed out after {self.reward_timeout_s:g}s (training.reward_timeout_s)"
+            )
         except Exception as err:  # noqa: BLE001 - a reward bug scores 0 for this episode only
             episode.reward, episode.turn_rewards = 0.0, []
             episode.error = f"reward_fn failed: {type(err).__name__}: {err}"
@@ -267,16 +309,43 @@ class EpisodeRunner:
         Returns:
             (batch, stats): the columnar batch for the learner and small per-episode
             lists for the driver (rewards, groups, turns, success flags, timings).
+
+        Raises:
+            EngineLost: engines died; the batch waits for `retry_lost`.
         """
         t0 = time.perf_counter()
-        jobs = []
-        for g, task in enumerate(tasks):
-            for k in range(group_size):
-                j = g * group_size + k
-                engine = self.engines[j % len(self.engines)]
-                episode_seed = None if seed is None else (seed * 10_007 + j * 64) % 2**31
-                jobs.append(self.run_episode(task, g, engine, temperature, episode_seed))
+        jobs = [
+            self._episode(tasks, group_size, j, temperature, seed) for j in range(len(tasks) * group_size)
+        ]
         episodes = await asyncio.gather(*jobs)
+        return self._finish((tasks, group_size, temperature, seed, episodes, t0))
+
+    async def retry_lost(self, engines: list) -> tuple[pa.Table, dict]:
+        """After `collect` raised `EngineLost`: re-run the episodes the dead engines were
+        serving, on `engines` (the replacements in place), and return the whole batch."""
+        self.engines = list(engines)
+        tasks, group_size, temperature, seed, episodes, t0 = self._held
+        lost = [j for j, e in enumerate(episodes) if e.lost_engine is not None]
+        redo = await asyncio.gather(*(self._episode(tasks, group_size, j, temperature, seed) for j in lost))
+        for j, episode in zip(lost, redo, strict=True):
+            episodes[j] = episode
+        self.episodes_retried += len(lost)
+        return self._finish((tasks, group_size, temperature, seed, episodes, t0))
+
+    def _episode(self, tasks: list, group_size: int, j: int, temperature: float | None, seed: int | None):
+        """Episode j of a batch (task j // group_size) on its engine."""
+        episode_seed = None if seed is None else (seed * 10_007 + j * 64) % 2**31
+        g = j // group_size
+        return self.run_episode(tasks[g], g, j % len(self.engines), temperature, episode_seed)
+
+    def _finish(self, held: tuple) -> tuple[pa.Table, dict]:
+        """The batch of finished episodes, or `EngineLost` (the batch held for a retry)."""
+        episodes, t0 = held[4], held[5]
+        lost = [e for e in episodes if e.lost_engine is not None]
+        if lost:
+            self._held = held
+            raise EngineLost(sorted({e.lost_engine for e in lost}), len(lost), lost[0].error or "")
+        self._held = None
         seconds = time.perf_counter() - t0
         kept = [e for e in episodes if e.input_ids and sum(e.loss_mask) > 0]
         table = pa.table(
@@ -306,6 +375,7 @@ class EpisodeRunner:
             "warnings": list(self.warnings),
             "env_restarts": self.envs.restarts,
             "reward_timeouts": self.reward_timeouts,
+            "episodes_retried": self.episodes_retried,
             "seconds": seconds,
         }
         return table, stats

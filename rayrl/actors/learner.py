@@ -220,13 +220,16 @@ class ActorLearner:
         self._group = weight_sync.init_group(host, port, 0, world_size, backend, timeout_s)
         return backend
 
-    def broadcast_weights(self, bucket_bytes: int = weight_sync.DEFAULT_BUCKET_BYTES) -> dict:
+    def broadcast_weights(
+        self, bucket_bytes: int = weight_sync.DEFAULT_BUCKET_BYTES, bump: bool = True
+    ) -> dict:
         """Send the current weights to every engine (rank 0; the other ranks only take part
         in the ZeRO-3 gather); returns bytes, seconds, version and the fingerprint of what
         was sent (see `weight_sync.fingerprint`).
 
         Args:
             bucket_bytes: bucket size; the receivers must be given the same number.
+            bump: count this as a new weight version.
         """
         if self.rank == 0 and self._group is None:
             raise RuntimeError("init_weight_sync() has not run")
@@ -239,7 +242,7 @@ class ActorLearner:
                 )
                 names = weight_sync.fingerprint_names(self._spec)
                 prints = weight_sync.fingerprint(self.full_weights(), names, self.sync_dtype)
-        self.version += 1
+        self.version += int(bump)  # False: the same version again (a restarted engine)
         seconds = time.perf_counter() - t0
         return {"bytes": sent, "seconds": seconds, "version": self.version, "fingerprint": prints}
 

@@ -42,12 +42,18 @@ def learner_config(tiny_model, **training):
     ).training
 
 
-def train(ray, tiny_model, world: int, **training):
+def start_ranks(ray, tiny_model, world: int, **training):
+    """`world` learner ranks of the tiny model, joined in their strategy's group."""
     cfg = learner_config(tiny_model, kl_coef=0.0, num_learners=world, **training)
     cls = ray.remote(ActorLearner).options(num_cpus=0)
     ranks = [cls.remote(tiny_model, cfg, "float32", r, world) for r in range(world)]
     host, port = ray.get(ranks[0].sync_address.remote())
     ray.get([r.init_strategy.remote(host, port) for r in ranks])
+    return ranks
+
+
+def train(ray, tiny_model, world: int, **training):
+    ranks = start_ranks(ray, tiny_model, world, **training)
     before = ray.get([r.flat_parameters.remote() for r in ranks])[0]  # a collective under ZeRO-3
     batch = ray.put(global_batch())
     metrics = ray.get([r.update.remote(batch) for r in ranks])
@@ -119,15 +125,6 @@ def test_release_memory_returns_an_updates_activations_to_the_system(tiny_model)
     held = rss_mb()
     modeling.release_memory(learner.device)
     assert held - rss_mb() > 80  # measured: ~165 MB of a 32 x 256-token pass given back
-
-
-def start_ranks(ray, tiny_model, world: int, **training):
-    cfg = learner_config(tiny_model, kl_coef=0.0, num_learners=world, **training)
-    cls = ray.remote(ActorLearner).options(num_cpus=0)
-    ranks = [cls.remote(tiny_model, cfg, "float32", r, world) for r in range(world)]
-    host, port = ray.get(ranks[0].sync_address.remote())
-    ray.get([r.init_strategy.remote(host, port) for r in ranks])
-    return ranks
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,9 @@ from tests.conftest import make_config
 
 def tiny_config(tiny_model: str, **sections):
     """A run of the tiny model with short turns and no dashboard, plus `sections` overrides."""
+    inference = {"max_tokens": 8, "max_model_len": 256, "kv_cache_gb": 1, **sections.pop("inference", {})}
     return make_config(
-        model={"model_name": tiny_model},
-        inference={"max_tokens": 8, "max_model_len": 256, "kv_cache_gb": 1},
-        ray={"include_dashboard": False},
-        **sections,
+        model={"model_name": tiny_model}, inference=inference, ray={"include_dashboard": False}, **sections
     )
 
 
@@ -93,17 +91,44 @@ def test_cleanup_left_ray_running_for_the_caller(finished_run, ray_local):
     assert trainer.engines == [] and trainer.learner is None
 
 
-def test_dead_engine_stops_training_but_keeps_the_policy(ray_local, tiny_model, tmp_path):
+def test_a_killed_engine_is_replaced_and_its_episodes_rerun(ray_local, tiny_model, tmp_path):
+    config = tiny_config(
+        tiny_model,
+        training={"num_epochs": 2, "batch_size": 4, "group_size": 2, "kl_coef": 0.0},
+        checkpoint={"run_dir": str(tmp_path), "run_name": "recovered", "save_final": False},
+    )
+    trainer = RayPPOTrainer(config)
+    try:
+        trainer.setup()
+        dead = trainer.engines[0]
+        ray_local.kill(dead)
+        history = trainer.fit()
+        assert trainer.engines[0] is not dead
+    finally:
+        trainer.cleanup()
+    first, second = history
+    assert first["engine_restarts"] == 1 and first["episodes_retried"] == 4  # all were on engine 0
+    assert first["episodes"] == 4 and second["episodes"] == 4  # none dropped
+    # the replacement was loaded with the current weights (checked by the sync canary) and
+    # then followed every sync
+    assert [r["weight_version"] for r in history] == [1, 2]
+    assert second["sync_checked_tensors"] > 0
+
+
+def test_engine_deaths_past_the_restart_limit_stop_the_run_but_keep_the_policy(
+    ray_local, tiny_model, tmp_path
+):
     config = tiny_config(
         tiny_model,
         training={"num_epochs": 3, "batch_size": 4, "group_size": 2, "kl_coef": 0.0},
+        inference={"max_engine_restarts": 0},
         checkpoint={"run_dir": str(tmp_path), "run_name": "killed"},
     )
     trainer = RayPPOTrainer(config)
     try:
         trainer.setup()
         ray_local.kill(trainer.engines[0])
-        with pytest.raises(ray_local.exceptions.RayError):
+        with pytest.raises(RuntimeError, match=r"engine\(s\) \[0\] died.*max_engine_restarts=0"):
             trainer.fit()
         assert (tmp_path / "killed" / "interrupted" / "model.safetensors").is_file()
         assert trainer.metrics_history == []
@@ -173,7 +198,9 @@ def test_reward_fn_from_a_config_line_replaces_the_environment_reward(ray_local,
             marks=pytest.mark.slow,
         ),
         pytest.param(
-            {"adv_estimator": "reinforce_pp_baseline", "target_kl": 0.01}, ("kl_coef",), marks=pytest.mark.slow
+            {"adv_estimator": "reinforce_pp_baseline", "target_kl": 0.01},
+            ("kl_coef",),
+            marks=pytest.mark.slow,
         ),
         (
             {"adv_estimator": "grpo", "strategy": "deepspeed", "zero_stage": 3, "num_learners": 2},

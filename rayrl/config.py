@@ -224,6 +224,10 @@ class TrainingConfig(_Section):
     """Optional "module:function" scoring each episode from its summary dict (the trainer's
     `reward_fn`), replacing the environment's reward."""
 
+    max_failures: int = Field(3, ge=0)
+    """Times a run restarts from its newest checkpoint after a training role (learner,
+    critic, reference, agent loop) dies; needs `checkpoint.save_interval`."""
+
     reward_timeout_s: float = Field(60.0, gt=0.0)
     """Deadline of one `reward_fn` call (run in a thread, off the agent loop's event loop);
     past it the episode scores 0 and `reward_timeouts` counts it."""

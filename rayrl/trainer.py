@@ -166,21 +166,25 @@ class RayPPOTrainer:
         self.version = 0
         self.start_step = 0  # a resumed run's first step
         self.engine_restarts = 0
+        self.run_restarts = 0
         self._callback_state: dict | None = None
         self.rng = random.Random(config.training.seed)
 
     # ---- setup ---------------------------------------------------------------
-    def setup(self) -> None:
-        """Resolve the model, place the roles, start their actors and join weight sync."""
+    def setup(self, resume: Path | None = None) -> None:
+        """Resolve the model, place the roles, start their actors and join weight sync;
+        then load `resume` (default: the checkpoint `checkpoint.resume` names, if any)."""
         cfg = self.config
-        run_path = RunDirectory.path_for(cfg)
-        resume = find_resume(cfg.checkpoint, run_path)  # fails before any actor starts
+        run_path = self.run.path if self.run is not None else RunDirectory.path_for(cfg)
+        if resume is None:
+            resume = find_resume(cfg.checkpoint, run_path)  # fails before any actor starts
         self.run = RunDirectory(cfg, run_path_of(resume) if resume else run_path)
         self.checkpoints = CheckpointStore(self.run.path, cfg.checkpoint.keep_last)
         model_path = resolve_model(cfg.model.model_name, cfg.model.cache_dir)
         self.model_path = model_path
         # Bundle count is the same with or without GPUs; a local Ray needs that many CPUs.
-        self._started_ray = init_ray(cfg, placement.num_bundles(placement.plan_roles(cfg, use_gpu=False)))
+        started = init_ray(cfg, placement.num_bundles(placement.plan_roles(cfg, use_gpu=False)))
+        self._started_ray = self._started_ray or started  # a restarted run keeps its Ray
         use_gpu = placement.decide_gpu(cfg)
         # On GPUs every model role has its own device and roles overlap; on CPU they share
         # the cores, and two torch processes each using every core slow both down, so the
@@ -276,31 +280,34 @@ class RayPPOTrainer:
         """Run iterations up to `num_epochs` (default `training.num_epochs`; a resumed run
         starts after its checkpoint's step); returns metrics_history.
 
-        If an iteration fails (a dead engine, an interrupt), the policy as last updated
-        is saved to `<run>/interrupted` before the error propagates.
+        A role that dies (learner, critic, reference, agent loop) restarts the run from its
+        newest checkpoint, up to `training.max_failures` times (`restart_run`). If an
+        iteration fails otherwise, or past that, the policy as last updated is saved to
+        `<run>/interrupted` before the error propagates.
         """
         if self.learner is None:
             self.setup()
         self.total_steps = num_epochs or self.config.training.num_epochs
-        steps = range(self.start_step, self.total_steps)
-        bar = tqdm(steps, "rayrl", self.total_steps, unit="step", dynamic_ncols=True, initial=self.start_step)
+        bar = tqdm(None, "rayrl", self.total_steps, unit="step", dynamic_ncols=True, initial=self.start_step)
         self.callbacks.on_train_begin(self)
         if self._callback_state:  # a resumed run's callbacks go on where they were
             self.callbacks.load_state_dict(self._callback_state)
+        step = self.start_step
         try:
-            for step in bar:
-                row = self.train_step(step)
-                bar.set_postfix(
-                    reward=f"{row['reward_mean']:.3f}",
-                    loss=f"{row['total_loss']:.4f}",
-                    kl=f"{row['kl']:.4f}",
-                    tok_s=f"{row['tokens_per_s']:.0f}",
-                )
-                self.callbacks.on_step_end(self, row)
-                self.maybe_save_state(step + 1)
-                if self.stop_reason is not None:
-                    logger.info("stopping after epoch %d: %s", step + 1, self.stop_reason)
-                    break
+            while step < self.total_steps and self.stop_reason is None:
+                try:
+                    row = self.train_step(step)
+                    self.callbacks.on_step_end(self, row)
+                    self.maybe_save_state(step + 1)
+                except ray.exceptions.RayActorError as err:
+                    step = self.restart_run(err)  # the newest checkpoint's step, or raises
+                    bar.n = step
+                    continue
+                step += 1
+                bar.update(1)
+                bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['kl']:.4f}")
+            if self.stop_reason is not None:
+                logger.info("stopping after epoch %d: %s", step, self.stop_reason)
         except BaseException:
             self._save_after_failure()
             raise
@@ -401,6 +408,29 @@ class RayPPOTrainer:
                 logger.warning("%s; restarting them", lost)
                 self.recover_engines(lost.engines)
                 refs = self.runner.retry_lost.options(num_returns=2).remote(self.engines)
+
+    def restart_run(self, err: BaseException) -> int:
+        """After a role died: stop every role, start them again from the newest checkpoint
+        and return the step to continue from. Raises when `training.max_failures` restarts
+        are used up or there is no checkpoint, naming the actor and its exit cause."""
+        limit = self.config.training.max_failures
+        latest = self.checkpoints.latest()
+        cause = str(err).strip().splitlines()
+        why = f"{type(err).__name__}: {' '.join(cause[:3])[:400]}"
+        if self.run_restarts >= limit or latest is None:
+            reason = (
+                f"training.max_failures={limit} restarts are used up"
+                if latest is not None
+                else "there is no checkpoint to restart from (set checkpoint.save_interval)"
+            )
+            raise RuntimeError(f"a training role died ({why}) and {reason}; stopping") from err
+        self.run_restarts += 1
+        logger.warning("a training role died (%s); restarting the run from %s", why, latest)
+        self.stop_roles()
+        self.setup(resume=latest)
+        if self._callback_state:
+            self.callbacks.load_state_dict(self._callback_state)
+        return self.start_step
 
     def recover_engines(self, dead: list[int]) -> None:
         """Replace dead engines in their bundles, rebuild the sync group and load the current
@@ -567,6 +597,7 @@ class RayPPOTrainer:
             "env_restarts": stats["env_restarts"],
             "reward_timeouts": stats["reward_timeouts"],
             "engine_restarts": self.engine_restarts,
+            "run_restarts": self.run_restarts,
             "episodes_retried": stats["episodes_retried"],
             "truncated_episodes": stats["truncated"],
             "callback_errors": self.callbacks.total_errors,
@@ -609,7 +640,14 @@ class RayPPOTrainer:
         }
 
     def cleanup(self) -> None:
-        """Stop engines, free the placement group, and shut Ray down if this trainer started it."""
+        """Stop every role, and shut Ray down if this trainer started it."""
+        self.stop_roles()
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False
+
+    def stop_roles(self) -> None:
+        """Stop engines, free the placement group (its actors go with it), kill the scorer."""
         for engine in self.engines:
             try:
                 ray.get(engine.shutdown.remote(), timeout=60)
@@ -622,6 +660,3 @@ class RayPPOTrainer:
         if self.scorer is not None:
             ray.kill(self.scorer)
         self.references, self.critics, self.runner, self.scorer = [], [], None, None
-        if self._started_ray:
-            ray.shutdown()
-            self._started_ray = False

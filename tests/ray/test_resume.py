@@ -85,3 +85,49 @@ def test_run_with_checkpoints_needs_resume(runs, ray_local, tiny_model):
     config = run_config(tiny_model, first.run.path.parent, "split", 4)
     with pytest.raises(ConfigError, match="checkpoint.resume=auto"):
         RayPPOTrainer(config).setup()
+
+
+class KillLearnerOnce:
+    """A callback that kills the learner after step 2 (before that step's checkpoint)."""
+
+    def __init__(self):
+        self.killed = False
+
+    def on_step_end(self, trainer, row):
+        import ray
+
+        if row["step"] == 2 and not self.killed:
+            self.killed = True
+            ray.kill(trainer.learner)
+
+
+def test_a_dead_learner_restarts_the_run_from_its_newest_checkpoint(ray_local, tiny_model, tmp_path):
+    config = tiny_config(
+        tiny_model,
+        training={"num_epochs": 3, "batch_size": 4, "group_size": 2, "kl_coef": 0.0},
+        checkpoint={"run_dir": str(tmp_path), "run_name": "restarted", "save_interval": 1, "save_final": False},
+    )
+    trainer = RayPPOTrainer(config, callbacks=[KillLearnerOnce()])
+    try:
+        history = trainer.fit()
+    finally:
+        trainer.cleanup()
+    rows = trainer.run.read_metrics()
+    assert [r["step"] for r in rows] == [1, 2, 3]  # step 2 re-run from checkpoint 1, logged once
+    assert [r["run_restarts"] for r in rows] == [0, 1, 1]
+    assert [r["weight_version"] for r in rows] == [1, 2, 3]
+    assert history == rows
+
+
+def test_a_dead_learner_without_restarts_left_stops_naming_it(ray_local, tiny_model, tmp_path):
+    config = tiny_config(
+        tiny_model,
+        training={"num_epochs": 3, "batch_size": 4, "group_size": 2, "kl_coef": 0.0, "max_failures": 0},
+        checkpoint={"run_dir": str(tmp_path), "run_name": "stopped", "save_interval": 1},
+    )
+    trainer = RayPPOTrainer(config, callbacks=[KillLearnerOnce()])
+    try:
+        with pytest.raises(RuntimeError, match=r"ActorDiedError.*ActorLearner.*max_failures=0"):
+            trainer.fit()
+    finally:
+        trainer.cleanup()

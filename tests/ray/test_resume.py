@@ -1,4 +1,4 @@
-"""Full-state checkpoints and exact resume, on real actors with a tiny model."""
+"""Full-state checkpoints, exact resume and run restarts, on real actors with a tiny model."""
 
 import json
 
@@ -17,7 +17,22 @@ def reward_by_length(summary: dict) -> float:
     return (len(summary["final_response"]) % 5) / 4
 
 
-def run_config(tiny_model, run_dir, name, epochs, **checkpoint):
+class KillLearnerOnce:
+    """A callback that kills the learner at the end of step `at`, before that step's
+    checkpoint: the run restarts from the checkpoint of step `at - 1`."""
+
+    def __init__(self, at: int):
+        self.at, self.killed = at, False
+
+    def on_step_end(self, trainer, row):
+        import ray
+
+        if row["step"] == self.at and not self.killed:
+            self.killed = True
+            ray.kill(trainer.learner)
+
+
+def run_config(tiny_model, run_dir, name, epochs, training=None, **checkpoint):
     return tiny_config(
         tiny_model,
         training={
@@ -30,13 +45,14 @@ def run_config(tiny_model, run_dir, name, epochs, **checkpoint):
             "deterministic": True,
             "adv_estimator": "gae",  # a critic too: its weights and optimizer are resumed as well
             "reward_fn": "tests.ray.test_resume:reward_by_length",
+            **(training or {}),
         },
-        checkpoint={"run_dir": str(run_dir), "run_name": name, "save_interval": 2, **checkpoint},
+        checkpoint={"run_dir": str(run_dir), "run_name": name, **checkpoint},
     )
 
 
-def train(config):
-    trainer = RayPPOTrainer(config)
+def train(config, callbacks=None):
+    trainer = RayPPOTrainer(config, callbacks=callbacks)
     try:
         return trainer, trainer.fit()
     finally:
@@ -45,17 +61,22 @@ def train(config):
 
 @pytest.fixture(scope="module")
 def runs(ray_local, tiny_model, tmp_path_factory):
+    """An uninterrupted 4-step run, and one whose learner is killed at the end of step 3:
+    it restarts from the checkpoint of step 2 (new actors, state loaded) and goes on."""
     run_dir = tmp_path_factory.mktemp("resume")
-    _, whole = train(run_config(tiny_model, run_dir, "whole", 4))
-    first, _ = train(run_config(tiny_model, run_dir, "split", 2))
-    resumed, _ = train(run_config(tiny_model, run_dir, "split", 4, resume="auto", keep_last=1))
-    return whole, first, resumed
+    _, whole = train(run_config(tiny_model, run_dir, "whole", 4, save_final=False))
+    restarted, _ = train(
+        run_config(tiny_model, run_dir, "restarted", 4, save_interval=1, keep_last=1),
+        callbacks=[KillLearnerOnce(at=3)],
+    )
+    return whole, restarted
 
 
 def test_resumed_steps_equal_the_uninterrupted_run(runs):
-    whole, _, resumed = runs
-    rows = resumed.run.read_metrics()
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # no gap, no repeated step
+    whole, restarted = runs
+    rows = restarted.run.read_metrics()
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # step 3 re-run and logged once
+    assert [r["run_restarts"] for r in rows] == [0, 0, 1, 1]
     assert all(r["grad_norm"] > 0 and r["reward_std"] > 0 for r in whole)  # the policy moves
     assert whole[3]["kl"] > 1e-3  # ... away from the reference
     for a, b in zip(whole[2:], rows[2:], strict=True):
@@ -63,69 +84,36 @@ def test_resumed_steps_equal_the_uninterrupted_run(runs):
         print(f"step {a['step']} |uninterrupted - resumed|: {diffs}")
         assert max(diffs.values()) <= 1e-4, diffs
         assert a["weight_version"] == b["weight_version"] == a["step"]
-    # the first two steps were not re-run: they are the first run's rows
-    assert rows[:2] == resumed.metrics_history[:2]
+    assert rows == restarted.metrics_history
 
 
 def test_checkpoint_layout_and_pruning(runs):
-    _, first, resumed = runs
-    checkpoints = resumed.run.path / "checkpoints"
-    # keep_last=1 removed step 2 once step 4 was complete
+    _, restarted = runs
+    checkpoints = restarted.run.path / "checkpoints"
+    # keep_last=1 left the newest complete checkpoint only, and no temporary folder
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step_000004"]
     latest = checkpoints / "step_000004"
     assert (latest / "policy" / "model.safetensors").is_file()
     assert (latest / "learner" / "rank0.pt").is_file()
-    assert (latest / "critic" / "value_head.pt").is_file() and (latest / "critic_state" / "rank0.pt").is_file()
+    assert (latest / "critic" / "value_head.pt").is_file() and (
+        latest / "critic_state" / "rank0.pt"
+    ).is_file()
     state = json.loads((latest / "trainer_state.json").read_text())
     assert state["step"] == 4 and state["weight_version"] == 4
 
 
-def test_run_with_checkpoints_needs_resume(runs, ray_local, tiny_model):
-    _, first, _ = runs
-    config = run_config(tiny_model, first.run.path.parent, "split", 4)
+def test_run_with_checkpoints_needs_resume(runs, tiny_model):
+    _, restarted = runs
+    config = run_config(tiny_model, restarted.run.path.parent, "restarted", 4)
     with pytest.raises(ConfigError, match="checkpoint.resume=auto"):
-        RayPPOTrainer(config).setup()
-
-
-class KillLearnerOnce:
-    """A callback that kills the learner after step 2 (before that step's checkpoint)."""
-
-    def __init__(self):
-        self.killed = False
-
-    def on_step_end(self, trainer, row):
-        import ray
-
-        if row["step"] == 2 and not self.killed:
-            self.killed = True
-            ray.kill(trainer.learner)
-
-
-def test_a_dead_learner_restarts_the_run_from_its_newest_checkpoint(ray_local, tiny_model, tmp_path):
-    config = tiny_config(
-        tiny_model,
-        training={"num_epochs": 3, "batch_size": 4, "group_size": 2, "kl_coef": 0.0},
-        checkpoint={"run_dir": str(tmp_path), "run_name": "restarted", "save_interval": 1, "save_final": False},
-    )
-    trainer = RayPPOTrainer(config, callbacks=[KillLearnerOnce()])
-    try:
-        history = trainer.fit()
-    finally:
-        trainer.cleanup()
-    rows = trainer.run.read_metrics()
-    assert [r["step"] for r in rows] == [1, 2, 3]  # step 2 re-run from checkpoint 1, logged once
-    assert [r["run_restarts"] for r in rows] == [0, 1, 1]
-    assert [r["weight_version"] for r in rows] == [1, 2, 3]
-    assert history == rows
+        RayPPOTrainer(config).setup()  # before any actor starts
 
 
 def test_a_dead_learner_without_restarts_left_stops_naming_it(ray_local, tiny_model, tmp_path):
-    config = tiny_config(
-        tiny_model,
-        training={"num_epochs": 3, "batch_size": 4, "group_size": 2, "kl_coef": 0.0, "max_failures": 0},
-        checkpoint={"run_dir": str(tmp_path), "run_name": "stopped", "save_interval": 1},
+    config = run_config(
+        tiny_model, tmp_path, "stopped", 2, {"adv_estimator": "grpo", "max_failures": 0}, save_interval=1
     )
-    trainer = RayPPOTrainer(config, callbacks=[KillLearnerOnce()])
+    trainer = RayPPOTrainer(config, callbacks=[KillLearnerOnce(at=2)])
     try:
         with pytest.raises(RuntimeError, match=r"ActorDiedError.*ActorLearner.*max_failures=0"):
             trainer.fit()

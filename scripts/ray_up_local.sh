@@ -23,9 +23,12 @@ chmod 700 "$WORK"
 /usr/sbin/sshd -f /dev/null -h "$WORK/host_key" -o ListenAddress=127.0.0.1 -o Port=22 \
   -o PidFile="$WORK/sshd.pid" -o AuthorizedKeysFile="$WORK/authorized_keys" \
   -o PasswordAuthentication=no -o PermitRootLogin=prohibit-password -o StrictModes=no
+# The cluster's setup puts its environment on root's PATH in ~/.bashrc; put it back after.
+cp -p ~/.bashrc "$WORK/bashrc.saved" 2>/dev/null || touch "$WORK/bashrc.saved"
 cleanup() {
   "$RAY" down -y "$WORK/cluster.yaml" >/dev/null 2>&1 || true
   [ -f "$WORK/sshd.pid" ] && kill "$(cat "$WORK/sshd.pid")" 2>/dev/null || true
+  cp -p "$WORK/bashrc.saved" ~/.bashrc
 }
 trap cleanup EXIT
 
@@ -44,13 +47,14 @@ echo "== ray job submit"
 # Ray 2.60 clusters use token authentication: the head wrote its token to ~/.ray/auth_token
 export RAY_AUTH_MODE=token
 JOB=$("$RAY" job submit --address http://127.0.0.1:8265 --no-wait --working-dir /opt/rayrl -- \
-  /opt/rayrl/.venv/bin/python -m rayrl.cli train jobs/math_feedback.yaml \
+  python -m rayrl.cli train jobs/math_feedback.yaml \
   checkpoint.run_dir=/opt/rayrl/runs $OVERRIDES | grep -o "raysubmit_[A-Za-z0-9]*" | head -1)
 [ -n "$JOB" ] || { echo "ray job submit failed" >&2; exit 1; }
 echo "job $JOB"
 "$RAY" job logs --address http://127.0.0.1:8265 --follow "$JOB" | grep -v "pid=" | tail -20
-STATUS=$("$RAY" job status --address http://127.0.0.1:8265 "$JOB" | tail -1)
-echo "$STATUS"
+STATUS=$("$RAY" job status --address http://127.0.0.1:8265 "$JOB" 2>&1 | grep -o "' succeeded\|' failed\|' was stopped" | tail -1 || true)
+echo "job status:${STATUS#\'}"
 echo "== ray down"
 "$RAY" down -y "$WORK/cluster.yaml"
-case "$STATUS" in *SUCCEEDED*) exit 0 ;; *) exit 1 ;; esac
+if pgrep -f /opt/rayrl/.venv/lib >/dev/null; then echo "ray down left Ray processes running" >&2; exit 1; fi
+[ "$STATUS" = "' succeeded" ]

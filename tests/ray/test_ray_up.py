@@ -16,4 +16,4 @@ def test_ray_up_runs_a_job_and_comes_down():
     done = subprocess.run([str(SCRIPT)], capture_output=True, text=True, timeout=3000)
     print(done.stdout[-4000:], done.stderr[-4000:])
     assert done.returncode == 0
-    assert "SUCCEEDED" in done.stdout and "== rayrl summary ==" in done.stdout
+    assert "job status: succeeded" in done.stdout and "== rayrl summary ==" in done.stdout

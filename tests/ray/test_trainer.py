@@ -202,11 +202,16 @@ def test_reward_fn_from_a_config_line_replaces_the_environment_reward(ray_local,
             ("kl_coef",),
             marks=pytest.mark.slow,
         ),
-        (
+        pytest.param(  # ZeRO-3 ranks: tests/ray/test_learner_ranks.py and test_role_groups.py
             {"adv_estimator": "grpo", "strategy": "deepspeed", "zero_stage": 3, "num_learners": 2},
             ("grad_norm",),
+            marks=pytest.mark.slow,
         ),
-        ({"adv_estimator": "dr_grpo", "lora_rank": 4, "learning_rate": 1e-2}, ("grad_norm",)),
+        pytest.param(  # LoRA sync and state: test_weight_sync_engine.py, test_learner_ranks.py
+            {"adv_estimator": "dr_grpo", "lora_rank": 4, "learning_rate": 1e-2},
+            ("grad_norm",),
+            marks=pytest.mark.slow,
+        ),
     ],
     ids=[
         "ppo_gae_two_critic_and_two_reference_ranks",

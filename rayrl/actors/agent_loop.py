@@ -64,6 +64,24 @@ class Episode:
     lost_engine: int | None = None  # index of the engine that died serving this episode
 
 
+@dataclass
+class _Batch:
+    """A batch in collection: its tasks, sampling settings and episodes so far."""
+
+    tasks: list[Any]
+    group_size: int
+    temperature: float | None
+    seed: int | None
+    episodes: list[Episode]
+    t0: float
+
+    def episode(self, runner: EpisodeRunner, j: int):
+        """Episode j (task j // group_size) on its engine, seeded from the batch's seed."""
+        episode_seed = None if self.seed is None else (self.seed * 10_007 + j * 64) % 2**31
+        g = j // self.group_size
+        return runner.run_episode(self.tasks[g], g, j % len(runner.engines), self.temperature, episode_seed)
+
+
 class EngineLost(RuntimeError):
     """Rollout engines died while serving episodes of a batch.
 
@@ -144,7 +162,7 @@ class EpisodeRunner:
         self.reward_timeout_s = reward_timeout_s
         self.reward_timeouts = 0
         self.episodes_retried = 0
-        self._held: tuple | None = None  # a batch waiting for `retry_lost`
+        self._held: _Batch | None = None  # a batch waiting for `retry_lost`
         self.warnings: list[str] = []
         self.envs = EnvironmentPool(env_config, env_source, env_config.num_actors or max_episodes)
 
@@ -313,40 +331,33 @@ class EpisodeRunner:
         Raises:
             EngineLost: engines died; the batch waits for `retry_lost`.
         """
-        t0 = time.perf_counter()
-        jobs = [
-            self._episode(tasks, group_size, j, temperature, seed) for j in range(len(tasks) * group_size)
-        ]
-        episodes = await asyncio.gather(*jobs)
-        return self._finish((tasks, group_size, temperature, seed, episodes, t0))
+        batch = _Batch(tasks, group_size, temperature, seed, [], time.perf_counter())
+        batch.episodes = list(
+            await asyncio.gather(*(batch.episode(self, j) for j in range(len(tasks) * group_size)))
+        )
+        return self._finish(batch)
 
     async def retry_lost(self, engines: list) -> tuple[pa.Table, dict]:
         """After `collect` raised `EngineLost`: re-run the episodes the dead engines were
         serving, on `engines` (the replacements in place), and return the whole batch."""
         self.engines = list(engines)
-        tasks, group_size, temperature, seed, episodes, t0 = self._held
-        lost = [j for j, e in enumerate(episodes) if e.lost_engine is not None]
-        redo = await asyncio.gather(*(self._episode(tasks, group_size, j, temperature, seed) for j in lost))
+        batch = self._held
+        lost = [j for j, e in enumerate(batch.episodes) if e.lost_engine is not None]
+        redo = await asyncio.gather(*(batch.episode(self, j) for j in lost))
         for j, episode in zip(lost, redo, strict=True):
-            episodes[j] = episode
+            batch.episodes[j] = episode
         self.episodes_retried += len(lost)
-        return self._finish((tasks, group_size, temperature, seed, episodes, t0))
+        return self._finish(batch)
 
-    def _episode(self, tasks: list, group_size: int, j: int, temperature: float | None, seed: int | None):
-        """Episode j of a batch (task j // group_size) on its engine."""
-        episode_seed = None if seed is None else (seed * 10_007 + j * 64) % 2**31
-        g = j // group_size
-        return self.run_episode(tasks[g], g, j % len(self.engines), temperature, episode_seed)
-
-    def _finish(self, held: tuple) -> tuple[pa.Table, dict]:
-        """The batch of finished episodes, or `EngineLost` (the batch held for a retry)."""
-        episodes, t0 = held[4], held[5]
+    def _finish(self, batch: _Batch) -> tuple[pa.Table, dict]:
+        """The batch's table and stats, or `EngineLost` (the batch held for a retry)."""
+        episodes = batch.episodes
         lost = [e for e in episodes if e.lost_engine is not None]
         if lost:
-            self._held = held
+            self._held = batch
             raise EngineLost(sorted({e.lost_engine for e in lost}), len(lost), lost[0].error or "")
         self._held = None
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - batch.t0
         kept = [e for e in episodes if e.input_ids and sum(e.loss_mask) > 0]
         table = pa.table(
             {

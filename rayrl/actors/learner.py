@@ -237,11 +237,11 @@ class ActorLearner:
         sent, prints = 0, {}
         with torch.no_grad(), self.strategy.full_parameters():
             if self.rank == 0:
-                sent = weight_sync.send_weights(
-                    self._group, self.full_weights(), self._spec, bucket_bytes, self.device
-                )
+                # one pass over the weights (with LoRA each one is merged on the fly)
+                weights = list(self.full_weights())
+                sent = weight_sync.send_weights(self._group, weights, self._spec, bucket_bytes, self.device)
                 names = weight_sync.fingerprint_names(self._spec)
-                prints = weight_sync.fingerprint(self.full_weights(), names, self.sync_dtype)
+                prints = weight_sync.fingerprint(weights, names, self.sync_dtype)
         self.version += int(bump)  # False: the same version again (a restarted engine)
         seconds = time.perf_counter() - t0
         return {"bytes": sent, "seconds": seconds, "version": self.version, "fingerprint": prints}

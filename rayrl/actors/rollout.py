@@ -137,7 +137,8 @@ class RolloutWorker:
         )
         await self.engine.reset_prefix_cache()
         self.weight_version = version
-        return {**per_worker[0], "fingerprints": [w.pop("fingerprint") for w in per_worker]}
+        fingerprints = [w.pop("fingerprint") for w in per_worker]
+        return {**per_worker[0], "fingerprints": fingerprints}
 
     def set_weight_version(self, version: int) -> int:
         """Record the version of the weights the engine was started from (a resumed run's)."""

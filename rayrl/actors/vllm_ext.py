@@ -34,9 +34,8 @@ class WeightSyncExtension:
     def rayrl_fingerprint(self, names: list[str]) -> dict:
         """`weight_sync.fingerprint` of the named weights as the running model holds them."""
         model = self.model_runner.model
-        params = dict(model.named_parameters())
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-        return weight_sync.fingerprint(((n, params[n]) for n in names if n in params), names, dtype)
+        return weight_sync.fingerprint(model.named_parameters(), names, dtype)
 
     def rayrl_receive_weights(self, wire_spec: list, bucket_bytes: int) -> dict:
         """Receive one broadcast of every weight and load it into the running model.

@@ -252,7 +252,7 @@ class MultiTurnInferenceEngine:
         else:
             observation = environment.reset_for(task)
         messages = [{"role": "system", "content": system}] if system else []
-        messages += list(getattr(environment, "get_demonstration", list)())
+        messages += environment.get_demonstration()
         messages.append({"role": "user", "content": observation})
         rewards: list[float] = []
         stop_reason = "max_turns"

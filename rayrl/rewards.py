@@ -33,10 +33,14 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import json
 import logging
 import math
 import numbers
 import re
+import select
+import subprocess
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -832,10 +836,11 @@ class CorrectnessReward(RewardFunction):
 
     Scores 0.0, with the reason in `metadata["error"]`, when there is no reference,
     when math_verify fails or times out. math_verify times out with `signal.alarm`,
-    which only works in the main thread: there each parse and comparison gets
-    `timeout_s` seconds; in other threads it runs without its own limit, and
-    `acompute` abandons the whole check after `timeout_s` seconds instead (the worker
-    thread finishes in the background).
+    which only works in a main thread: in the main thread each parse and comparison
+    gets `timeout_s` seconds; from any other thread (the agent loop's reward threads)
+    the check runs in a math-check process of a small pool, and a check past
+    `timeout_s` kills that process (a reply such as `\\boxed{9^{9^{9^{9^{9}}}}}` makes
+    SymPy compute for ever), so nothing keeps running after the deadline.
 
     Args:
         timeout_s: time limit, see above.
@@ -872,28 +877,117 @@ class CorrectnessReward(RewardFunction):
         return RewardResult(float(correct), {"correct": float(correct)}, metadata)
 
     async def acompute(self, episode: EpisodeTranscript) -> RewardResult:
-        try:
-            return await asyncio.wait_for(asyncio.to_thread(self.compute, episode), self.timeout_s)
-        except asyncio.TimeoutError:
-            return RewardResult(0.0, {"correct": 0.0}, {"error": f"timed out after {self.timeout_s}s"})
+        # off the event loop; the check itself stops at `timeout_s` (see the class docstring)
+        return await asyncio.to_thread(self.compute, episode)
 
     def _check(self, response: str, reference: str) -> tuple[bool, dict[str, Any]]:
-        from math_verify import parse, verify
+        if threading.current_thread() is not threading.main_thread():
+            # signal.alarm only works in a main thread: a process of its own gives it one
+            return _MATH_CHECKS.check(response, reference, self.timeout_s)
+        return math_check(response, reference, max(1, math.ceil(self.timeout_s)))
 
-        # signal.alarm raises outside the main thread, so only ask for it there
-        limit = (
-            max(1, math.ceil(self.timeout_s))
-            if threading.current_thread() is threading.main_thread()
-            else None
+
+def math_check(response: str, reference: str, limit: int | None) -> tuple[bool, dict[str, Any]]:
+    """`CorrectnessReward`'s comparison, each math_verify step limited to `limit` seconds
+    by `signal.alarm` (main thread only)."""
+    from math_verify import parse, verify
+
+    gold_text = f"${reference}$" if "\\" in reference and "$" not in reference else reference
+    gold = parse(gold_text, parsing_timeout=limit, raise_on_error=True)
+    if not any(not isinstance(g, str) for g in gold):
+        matched = _normalize_answer(response) == _normalize_answer(reference)
+        return matched, {"mode": "string", "reference": reference}
+    answer = parse(response, parsing_timeout=limit, raise_on_error=True)
+    correct = bool(answer) and verify(gold, answer, timeout_seconds=limit, raise_on_error=True)
+    return correct, {"mode": "math", "reference": reference, "extracted": [str(a) for a in answer]}
+
+
+class MathCheckTimeout(TimeoutError):
+    """A math check ran past its deadline (its process was killed)."""
+
+
+class _MathCheckProcesses:
+    """A small pool of child Python processes that run `math_check`, so that a check can
+    be stopped at its deadline from any thread (a thread cannot be killed; a process can).
+
+    One request per line in, one answer per line out (JSON). A check that does not answer
+    within its deadline gets its process killed (the next check starts a fresh one), so
+    a pathological reply costs its deadline and nothing after it. Processes start on
+    first use and exit with their parent (their stdin closes).
+    """
+
+    START_TIMEOUT_S = 120.0  # importing math_verify (SymPy) on a loaded 2-core machine
+
+    def __init__(self, size: int = 4):
+        self._free: list[subprocess.Popen] = []
+        self._slots = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()
+
+    def _start(self) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from rayrl.rewards import serve_math_checks; serve_math_checks()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
         )
-        gold_text = f"${reference}$" if "\\" in reference and "$" not in reference else reference
-        gold = parse(gold_text, parsing_timeout=limit, raise_on_error=True)
-        if not any(not isinstance(g, str) for g in gold):
-            matched = _normalize_answer(response) == _normalize_answer(reference)
-            return matched, {"mode": "string", "reference": reference}
-        answer = parse(response, parsing_timeout=limit, raise_on_error=True)
-        correct = bool(answer) and verify(gold, answer, timeout_seconds=limit, raise_on_error=True)
-        return correct, {"mode": "math", "reference": reference, "extracted": [str(a) for a in answer]}
+        if self._readline(proc, self.START_TIMEOUT_S) != "ready":
+            _stop(proc)
+            raise RuntimeError("the math-check process did not start")
+        return proc
+
+    @staticmethod
+    def _readline(proc: subprocess.Popen, timeout_s: float) -> str | None:
+        ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+        return proc.stdout.readline().strip() if ready else None
+
+    def check(self, response: str, reference: str, timeout_s: float) -> tuple[bool, dict[str, Any]]:
+        with self._slots:
+            with self._lock:
+                proc = self._free.pop() if self._free else None
+            if proc is None or proc.poll() is not None:
+                proc = self._start()
+            proc.stdin.write(json.dumps({"response": response, "reference": reference}) + "\n")
+            proc.stdin.flush()
+            line = self._readline(proc, timeout_s)
+            if not line:
+                _stop(proc)
+                raise MathCheckTimeout(f"math check timed out after {timeout_s:g}s")
+            with self._lock:
+                self._free.append(proc)
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(answer["error"])
+        return answer["correct"], answer["metadata"]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.wait()
+
+
+def serve_math_checks() -> None:
+    """Main loop of a math-check process (see `_MathCheckProcesses`)."""
+    import math_verify  # noqa: F401 - imported once, before saying ready
+
+    if sys.platform.startswith("linux"):  # a check that never ends must not outlive its caller
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    print("ready", flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            correct, metadata = math_check(request["response"], request["reference"], None)
+            answer = {"correct": bool(correct), "metadata": metadata}
+        except BaseException as err:  # noqa: BLE001 - reported to the caller, the loop goes on
+            answer = {"error": f"{type(err).__name__}: {err}"}
+        print(json.dumps(answer), flush=True)
+
+
+_MATH_CHECKS = _MathCheckProcesses()
 
 
 class ConcisenessReward(RewardFunction):

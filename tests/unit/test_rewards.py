@@ -154,16 +154,30 @@ def test_correctness_off_the_main_thread_and_async():
     assert asyncio.run(reward.acompute(ep)).score == 1.0
 
 
-class SlowCorrectness(CorrectnessReward):
-    def compute(self, episode):
-        time.sleep(0.5)
-        return super().compute(episode)
+# SymPy evaluates this power tower for ever when comparing it with 1.
+TOWER = "\\boxed{9^{9^{9^{9^{9}}}}}"
 
 
-def test_correctness_acompute_gives_up_after_its_timeout():
-    result = asyncio.run(SlowCorrectness(timeout_s=0.05).acompute(transcript("1", "Q?", reference="1")))
-    assert result.score == 0.0
-    assert "timed out" in result.metadata["error"]
+def test_a_reply_that_hangs_math_verify_scores_0_at_the_deadline_in_any_thread():
+    import psutil
+
+    reward = CorrectnessReward(timeout_s=2.0)
+    ep = transcript(TOWER, "Q?", reference="1")
+    asyncio.run(reward.acompute(transcript("1", "Q?", reference="1")))  # the pool's process is up
+    start = time.perf_counter()
+    result = asyncio.run(reward.acompute(ep))  # a worker thread: no signal.alarm there
+    took = time.perf_counter() - start
+    assert result.score == 0.0 and "timed out after 2s" in result.metadata["error"]
+    assert took < 10  # measured ~2.0 s
+    # the check's process was killed: nothing keeps computing after the deadline
+    busy = [p for p in psutil.Process().children() if p.cpu_percent(interval=0.2) > 50]
+    assert busy == []
+    # and the next check gets a fresh process
+    assert asyncio.run(reward.acompute(transcript("It is 0.5", "Q?", reference="\\frac{1}{2}"))).score == 1.0
+    # in the main thread, math_verify's own signal-based limit stops it
+    start = time.perf_counter()
+    assert reward.compute(ep).score == 0.0
+    assert time.perf_counter() - start < 10
 
 
 def test_correctness_rejects_a_bad_timeout():

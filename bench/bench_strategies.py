@@ -49,24 +49,22 @@ def synthetic_batch(n: int, prompt: int, gen: int):
     )
 
 
-def time_strategy(ray, model_path: str, world: int, training: dict, args) -> list[float]:
+def time_strategy(ray, model_path: str, world: int, learner: dict, args) -> list[float]:
     from rayrl.actors.learner import ActorLearner
-    from rayrl.config import TrainingConfig
+    from rayrl.config import LearnerConfig, TrainingConfig
 
-    cfg = TrainingConfig(
-        batch_size=args.seqs,
+    training = TrainingConfig(batch_size=args.seqs, kl_coef=0.0, learning_rate=1e-6)
+    role = LearnerConfig(
         micro_batch_size=4,
-        kl_coef=0.0,
-        learning_rate=1e-6,
         num_threads=max(1, (os.cpu_count() or 1) // world),
-        num_learners=world,
-        **training,
+        num_ranks=world,
+        **learner,
     )
     cls = ray.remote(ActorLearner).options(num_cpus=0)
-    ranks = [cls.remote(model_path, cfg, "auto", r, world) for r in range(world)]
+    ranks = [cls.remote(model_path, training, role, "auto", r, world) for r in range(world)]
     try:
-        host, port = ray.get(ranks[0].sync_address.remote())
-        ray.get([r.init_strategy.remote(host, port) for r in ranks])
+        host, port = ray.get(ranks[0].group_address.remote())
+        ray.get([r.join_group.remote(host, port) for r in ranks])
         batch = ray.put(synthetic_batch(args.seqs, args.prompt, args.gen))
         times = []
         for _ in range(args.updates + 1):

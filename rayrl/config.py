@@ -21,6 +21,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from rayrl.algorithms.registry import ESTIMATORS
+
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -38,6 +40,10 @@ class _Section(BaseModel):
     )
 
     def __setattr__(self, name: str, value: Any) -> None:
+        section = _SECTION_NAMES.get(type(self))
+        if name not in type(self).model_fields and section is not None:
+            hint = _KEY_HINTS.get(f"{section}.{name}")
+            raise ConfigError(f"{section}.{name}: unknown key" + (f" ({hint})" if hint else ""))
         try:
             super().__setattr__(name, value)
         except ValidationError as err:
@@ -101,15 +107,15 @@ class InferenceConfig(_Section):
     """Engine sampling seed."""
 
 
-Estimator = Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"]
-GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
+Estimator = Literal[tuple(ESTIMATORS)]  # type: ignore[valid-type]
 KLEstimator = Literal["k1", "k2", "k3"]
 LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
 
 
 class TrainingConfig(_Section):
     adv_estimator: Estimator = "grpo"
-    """Advantage estimator (see rayrl.algorithms.advantages); "gae" adds a critic."""
+    """Advantage estimator (`rayrl.algorithms.registry`; those that need a critic, "gae",
+    add the critic role)."""
 
     gamma: float = Field(1.0, ge=0.0, le=1.0)
     """Discount over generated tokens (gae, reinforce_pp)."""
@@ -126,9 +132,6 @@ class TrainingConfig(_Section):
     group_size: int = Field(4, ge=1)
     """Episodes sampled per prompt; GRPO normalises rewards within a group."""
 
-    micro_batch_size: int = Field(16, ge=1)
-    """Sequences per forward/backward pass (gradient accumulation across them)."""
-
     ppo_epochs: int = Field(1, ge=1)
     """Passes over each batch."""
 
@@ -136,13 +139,7 @@ class TrainingConfig(_Section):
     """Optimizer steps per pass; must divide `batch_size`."""
 
     learning_rate: float = Field(5e-6, gt=0.0)
-    """AdamW learning rate."""
-
-    weight_decay: float = Field(0.0, ge=0.0)
-    """AdamW weight decay."""
-
-    max_grad_norm: float = Field(1.0, gt=0.0)
-    """Gradient clipping norm."""
+    """The policy's AdamW learning rate."""
 
     clip_ratio_low: float = Field(0.2, ge=0.0)
     """PPO lower clip range (ratio >= 1 - clip_ratio_low)."""
@@ -178,48 +175,6 @@ class TrainingConfig(_Section):
     loss_agg_mode: LossAgg = "token-mean"
     """How token losses are reduced to one number."""
 
-    strategy: Literal["torch", "deepspeed"] = "torch"
-    """Learner strategy: plain torch AdamW, or a DeepSpeed ZeRO engine (extra `deepspeed`)."""
-
-    zero_stage: Literal[0, 1, 2, 3] = 2
-    """DeepSpeed ZeRO stage (strategy=deepspeed)."""
-
-    num_learners: int = Field(1, ge=1)
-    """Data-parallel actor-learner ranks (one bundle each); gradients are summed over them."""
-
-    num_references: int = Field(1, ge=1)
-    """Reference ranks (one bundle each, when there is a KL term); each scores a block of
-    the batch's rows."""
-
-    lora_rank: int = Field(0, ge=0)
-    """LoRA rank (peft); 0 trains every weight. With LoRA the learner trains adapters and
-    sends the engines merged weights (W + scale * B @ A)."""
-
-    lora_alpha: float = Field(16.0, gt=0.0)
-    """LoRA alpha (scale = alpha / rank)."""
-
-    lora_target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
-    """Module names that get adapters."""
-
-    gradient_checkpointing: bool = False
-    """Recompute decoder activations in the backward pass (policy and critic): less
-    memory for about a third more update time."""
-
-    release_memory: bool = True
-    """After each pass, learner, critic and reference return freed heap to the system
-    (CPU), so an idle role holds its weights and optimizer state, not its activation
-    peak, while the others take their turn. Costs the next pass its page faults (~2 s
-    per PPO update of the default model on 2 cores); turn off when memory is plenty."""
-
-    autocast_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
-    """Mixed-precision dtype for learner, critic and reference compute (weights stay
-    float32). "auto": bfloat16 where the device computes it natively, else float32."""
-
-    num_threads: int | None = Field(None, ge=1)
-    """torch threads per CPU actor; default: every core of the node."""
-
     reward_fn: str | None = None
     """Optional "module:function" scoring each episode from its summary dict (the trainer's
     `reward_fn`), replacing the environment's reward."""
@@ -244,7 +199,74 @@ class TrainingConfig(_Section):
     Costs vLLM a per-request generator; see the README on determinism."""
 
 
-class CriticConfig(_Section):
+class _ModelRoleConfig(_Section):
+    """What every model role (learner, reference, critic) sets for its own ranks."""
+
+    num_ranks: int = Field(1, ge=1)
+    """Ranks of the role, one bundle each (data-parallel for the learner and the critic;
+    each reference rank scores a block of the batch's rows)."""
+
+    micro_batch_size: int = Field(16, ge=1)
+    """Sequences per forward (and backward) pass; gradients accumulate across them."""
+
+    autocast_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    """Mixed-precision compute dtype (weights stay float32). "auto": bfloat16 where the
+    device computes it natively, else float32."""
+
+    num_threads: int | None = Field(None, ge=1)
+    """torch threads per CPU rank; default: every core of the node (the learner: the
+    node's cores divided among its ranks)."""
+
+    release_memory: bool = True
+    """After each pass, return freed heap to the system (CPU), so an idle role holds its
+    weights and optimizer state, not its activation peak, while the others take their
+    turn. Costs the next pass its page faults (~2 s per PPO update of the default model on
+    2 cores); turn off when memory is plenty."""
+
+
+class _TrainedRoleConfig(_ModelRoleConfig):
+    """Settings of a role that is trained (learner, critic)."""
+
+    strategy: Literal["torch", "deepspeed"] = "torch"
+    """Plain torch AdamW, or a DeepSpeed ZeRO engine (extra `deepspeed`)."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    """DeepSpeed ZeRO stage (strategy=deepspeed)."""
+
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW weight decay."""
+
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    """Gradient clipping norm."""
+
+    gradient_checkpointing: bool = False
+    """Recompute decoder activations in the backward pass: less memory for about a third
+    more update time."""
+
+
+class LearnerConfig(_TrainedRoleConfig):
+    """The actor-learner ranks: they own the trainable policy and send its weights to the
+    engines. The algorithm (loss, clipping, KL, learning rate, PPO epochs) is `training`'s."""
+
+    lora_rank: int = Field(0, ge=0)
+    """LoRA rank (peft); 0 trains every weight. With LoRA the learner trains adapters and
+    sends the engines merged weights (W + scale * B @ A)."""
+
+    lora_alpha: float = Field(16.0, gt=0.0)
+    """LoRA alpha (scale = alpha / rank)."""
+
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Module names that get adapters."""
+
+
+class ReferenceConfig(_ModelRoleConfig):
+    """The frozen initial policy scoring rollouts for the KL term (only when
+    `training.kl_coef` > 0)."""
+
+
+class CriticConfig(_TrainedRoleConfig):
     """The value model used by adv_estimator=gae: the policy's backbone plus a scalar head."""
 
     model_name: str | None = None
@@ -255,13 +277,6 @@ class CriticConfig(_Section):
 
     value_clip: float | None = Field(0.2, gt=0.0)
     """Clip range of the value loss around the old values (None: plain squared error)."""
-
-    max_grad_norm: float = Field(1.0, gt=0.0)
-    """Gradient clipping norm."""
-
-    num_ranks: int = Field(1, ge=1)
-    """Data-parallel critic ranks (one bundle each), trained with `training.strategy` and
-    `training.zero_stage` like the actor-learner."""
 
 
 class EnvironmentConfig(_Section):
@@ -316,10 +331,26 @@ class CheckpointConfig(_Section):
     """Save the final policy in Hugging Face format."""
 
 
-_RAY_KEY_HINTS = {
-    "num_actors": "rayrl sizes each role by its own key: inference.num_engines (rollout actors), "
-    "training.num_learners (learner ranks), critic.num_ranks, training.num_references, "
+# Keys that are not rayrl's, or no longer where they were: what the error says instead.
+_KEY_HINTS = {
+    "ray.num_actors": "rayrl sizes each role by its own key: inference.num_engines (rollout actors), "
+    "learner.num_ranks, reference.num_ranks, critic.num_ranks, "
     "environment.num_actors (environment actors)",
+    "training.num_learners": "it is learner.num_ranks now",
+    "training.num_references": "it is reference.num_ranks now",
+    **{
+        f"training.{key}": f"each model role sets its own now: learner.{key} "
+        "(and reference." + key + ", critic." + key + ")"
+        for key in ("micro_batch_size", "autocast_dtype", "num_threads", "release_memory")
+    },
+    **{
+        f"training.{key}": f"it is learner.{key} now (the critic has critic.{key})"
+        for key in ("strategy", "zero_stage", "weight_decay", "max_grad_norm", "gradient_checkpointing")
+    },
+    **{
+        f"training.{key}": f"it is learner.{key} now"
+        for key in ("lora_rank", "lora_alpha", "lora_target_modules")
+    },
 }
 
 
@@ -327,11 +358,6 @@ class RayConfig(_Section):
     use_ray: bool = True
     """Always true: every rayrl role is a Ray actor, on a local single-node Ray when
     `address` is unset. Setting it to false is an error that says so."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _RAY_KEY_HINTS:
-            raise ConfigError(f"ray.{name} is not a rayrl key: {_RAY_KEY_HINTS[name]}")
-        super().__setattr__(name, value)
 
     address: str | None = None
     """Cluster address ("auto" or host:port); None starts a local single-node Ray."""
@@ -353,7 +379,17 @@ class RayConfig(_Section):
     """Start the Ray Dashboard with a local Ray (127.0.0.1:8265)."""
 
 
-_SECTIONS = ("model", "inference", "training", "critic", "environment", "checkpoint", "ray")
+_SECTIONS = (
+    "model",
+    "inference",
+    "training",
+    "learner",
+    "reference",
+    "critic",
+    "environment",
+    "checkpoint",
+    "ray",
+)
 
 
 class ConfigStore(_Section):
@@ -364,7 +400,11 @@ class ConfigStore(_Section):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     """Rollout engines."""
     training: TrainingConfig = Field(default_factory=TrainingConfig)
-    """Algorithm and learner."""
+    """Algorithm, batch schedule and run control."""
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    """Actor-learner ranks."""
+    reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    """Reference ranks (only with a KL term)."""
     critic: CriticConfig = Field(default_factory=CriticConfig)
     """Value model (only with adv_estimator=gae)."""
     environment: EnvironmentConfig = Field(default_factory=EnvironmentConfig)
@@ -426,27 +466,28 @@ class ConfigStore(_Section):
                 f"training.batch_size={t.batch_size} must divide into "
                 f"training.num_mini_batches={t.num_mini_batches} equal mini-batches"
             )
-        if t.adv_estimator in GROUP_ESTIMATORS and t.group_size < 2:
+        if ESTIMATORS[t.adv_estimator].needs_groups and t.group_size < 2:
             raise ConfigError(
                 f"training.group_size must be >= 2 for adv_estimator={t.adv_estimator} "
                 "(its baseline comes from the other samples of the group)"
             )
         if t.filter_groups and t.group_size < 2:
             raise ConfigError("training.filter_groups needs training.group_size >= 2")
-        if t.lora_rank and t.strategy == "deepspeed" and t.zero_stage == 3:
+        lrn = self.learner
+        if lrn.lora_rank and lrn.strategy == "deepspeed" and lrn.zero_stage == 3:
             raise ConfigError(
-                "training.lora_rank with training.zero_stage=3 is not supported: merged LoRA weights "
+                "learner.lora_rank with learner.zero_stage=3 is not supported: merged LoRA weights "
                 "are built from whole base weights (use zero_stage 0-2, or the torch strategy)"
             )
         if self.ray.colocate_models:
             for key, count in (
-                ("training.num_references", t.num_references),
+                ("reference.num_ranks", self.reference.num_ranks),
                 ("critic.num_ranks", self.critic.num_ranks),
             ):
-                if count > t.num_learners:
+                if count > lrn.num_ranks:
                     raise ConfigError(
                         f"ray.colocate_models puts each of the {key}={count} ranks in a learner "
-                        f"rank's bundle, and there are only training.num_learners={t.num_learners}"
+                        f"rank's bundle, and there are only learner.num_ranks={lrn.num_ranks}"
                     )
         if self.checkpoint.resume == "auto" and not self.checkpoint.run_name:
             raise ConfigError(
@@ -474,6 +515,13 @@ class ConfigStore(_Section):
                 f"{self.environment.max_turns * inf.max_tokens}"
             )
         return self
+
+
+# Which section each class is, for error messages that name the dotted key.
+_SECTION_NAMES: dict[type, str] = {
+    field.annotation: name
+    for name, field in ConfigStore.model_fields.items()  # type: ignore[misc]
+}
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
@@ -508,7 +556,7 @@ def _describe(err: ValidationError) -> str:
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            hint = _RAY_KEY_HINTS.get(key.removeprefix("ray.")) if key.startswith("ray.") else None
+            hint = _KEY_HINTS.get(key)
             lines.append(f"{key}: unknown key" + (f" ({hint})" if hint else ""))
         else:
             lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")

@@ -28,13 +28,13 @@ import ray
 from tqdm import tqdm
 
 from rayrl import placement
-from rayrl.actors.agent_loop import EngineLost, EpisodeRunner, sample_tasks
+from rayrl.actors.agent_loop import EpisodeRunner, sample_tasks
 from rayrl.actors.critic import Critic
 from rayrl.actors.learner import ActorLearner
 from rayrl.actors.reference import ReferenceWorker
 from rayrl.actors.rollout import RolloutWorker
 from rayrl.actors.scoring import Scorer
-from rayrl.algorithms import ADVANTAGE_ESTIMATORS, KLController
+from rayrl.algorithms import KLController
 from rayrl.checkpoint import CheckpointStore, find_resume, read_state, run_path_of
 from rayrl.config import ConfigStore
 from rayrl.envs.base import BaseEnvironment
@@ -42,6 +42,8 @@ from rayrl.envs.source import EnvironmentSource
 from rayrl.hardware import resolve_dtype
 from rayrl.logs import LEVEL_VAR, driver_level
 from rayrl.model_store import resolve_model
+from rayrl.placement import Role
+from rayrl.recovery import Recovery
 from rayrl.tracking import RunDirectory
 from rayrl.training.callbacks import Callback, CallbackList
 from rayrl.weight_sync import DEFAULT_BUCKET_BYTES, sync_engines
@@ -154,19 +156,13 @@ class RayPPOTrainer:
         self.run: RunDirectory | None = None
         self._started_ray = False
         self._placement: placement.RolePlacement | None = None
-        self.engines: list = []
-        self.learners: list = []  # data-parallel ranks; rank 0 also sends weights
-        self.learner = None
-        self.references: list = []  # each scores a block of rows
-        self.critics: list = []  # data-parallel ranks
-        self.runner = None
+        self.groups: dict[Role, placement.RoleGroup] = {}  # the running roles (`setup`)
         self.scorer = None
         self.kl_ctl = KLController(config.training.kl_coef, config.training.target_kl)
         self.overlap_roles = False
         self.version = 0
         self.start_step = 0  # a resumed run's first step
-        self.engine_restarts = 0
-        self.run_restarts = 0
+        self.recovery = Recovery(self)
         self._callback_state: dict | None = None
         self.rng = random.Random(config.training.seed)
 
@@ -198,72 +194,101 @@ class RayPPOTrainer:
         engine_cfg = cfg.inference.model_copy(
             update={"dtype": resolve_dtype(cfg.inference.dtype, "cuda" if use_gpu else "cpu")}
         )
-        policy_path = str(resume / "policy") if resume else model_path  # what the engines serve
         self.engine_cfg, self.use_gpu = engine_cfg, use_gpu
-        self.engines = [
-            p.spawn("rollout", RolloutWorker, policy_path, engine_cfg, i, index=i)
-            for i in range(cfg.inference.num_engines)
-        ]
-        engine_starts = [e.start.remote() for e in self.engines]
-        n_learners = cfg.training.num_learners
-        self.learners = [
-            p.spawn(
-                "learner", ActorLearner, model_path, cfg.training, engine_cfg.dtype, r, n_learners, index=r
-            )
-            for r in range(n_learners)
-        ]
-        self.learner = self.learners[0]
-        dp_host, dp_port = ray.get(self.learner.sync_address.remote())
-        strategy_ready = [r.init_strategy.remote(dp_host, dp_port) for r in self.learners]
-        if cfg.training.kl_coef > 0:
-            n_refs = cfg.training.num_references
-            self.references = [
-                p.spawn("reference", ReferenceWorker, model_path, cfg.training, r, n_refs, index=r)
-                for r in range(n_refs)
-            ]
-        if ADVANTAGE_ESTIMATORS[cfg.training.adv_estimator].needs_critic:
-            critic_path = (
-                resolve_model(cfg.critic.model_name, cfg.model.cache_dir)
-                if cfg.critic.model_name
-                else model_path
-            )
-            n_critics = cfg.critic.num_ranks
-            self.critics = [
-                p.spawn("critic", Critic, critic_path, cfg.training, cfg.critic, r, n_critics, index=r)
-                for r in range(n_critics)
-            ]
-            c_host, c_port = ray.get(self.critics[0].dist_address.remote())
-            strategy_ready += [c.init_strategy.remote(c_host, c_port) for c in self.critics]
-        self.runner = p.spawn(
-            "agent_loop",
-            EpisodeRunner,
-            model_path,
-            cfg.environment,
-            cfg.inference,
-            self.engines,
-            self.reward_fn,
-            self.env_source,
-            cfg.training.batch_size,
-            cfg.training.reward_timeout_s,
-            actor_options={"max_concurrency": 10_000},
+        critic_path = (
+            resolve_model(cfg.critic.model_name, cfg.model.cache_dir) if cfg.critic.model_name else model_path
         )
-        # Scoring is a few vectorised passes over a few thousand floats: an actor that
-        # needs no CPU of its own (every CPU may be held by the role bundles).
-        self.scorer = ray.remote(Scorer).options(num_cpus=0).remote()
-        envs_ready = self.runner.ready.remote()  # environment actors start while the engines load
-        ray.get(engine_starts)
-
-        self.spec = ray.get(self.learner.weight_spec.remote())
-        self.join_weight_sync()
-        ray.get(envs_ready)
-        ray.get(strategy_ready)
-        ray.get([a.__ray_ready__.remote() for a in self.references])
+        n = placement.roles_for(cfg)
+        # Every role as (class, constructor arguments of member i): what a restart rebuilds.
+        declared: dict[Role, tuple[type, Callable[[int], tuple]]] = {
+            Role.ROLLOUT: (RolloutWorker, lambda i: (model_path, engine_cfg, i)),
+            Role.LEARNER: (
+                ActorLearner,
+                lambda r: (model_path, cfg.training, cfg.learner, engine_cfg.dtype, r, n[Role.LEARNER]),
+            ),
+            Role.REFERENCE: (
+                ReferenceWorker,
+                lambda r: (model_path, cfg.reference, r, n.get(Role.REFERENCE)),
+            ),
+            Role.CRITIC: (Critic, lambda r: (critic_path, cfg.training, cfg.critic, r, n.get(Role.CRITIC))),
+            Role.AGENT_LOOP: (
+                EpisodeRunner,
+                lambda _: (
+                    model_path,
+                    cfg.environment,
+                    cfg.inference,
+                    self.engines,  # the engines of the moment (a restarted loop gets the new ones)
+                    self.reward_fn,
+                    self.env_source,
+                    cfg.training.batch_size,
+                    cfg.training.reward_timeout_s,
+                    p.strategy(Role.AGENT_LOOP),  # environment hosts share its bundle
+                ),
+            ),
+        }
+        options = {Role.AGENT_LOOP: {"max_concurrency": 10_000}}
+        self.groups = {}
+        for role in n:  # engines first: the agent loop is given their handles
+            self.groups[role] = placement.RoleGroup(p, role, *declared[role], actor_options=options.get(role))
+        # Scoring is a few vectorised passes over a few thousand floats: no CPU of its own.
+        self.scorer = p.spawn(Role.AGENT_LOOP, Scorer, actor_options={"num_cpus": 0})
+        self.start_roles(list(n))
         if resume is not None:
             self.restore(resume)
 
+    def start_roles(self, roles: list[Role]) -> None:
+        """Wait until (re)started `roles` serve: engines loaded, collective groups formed,
+        environment hosts up; with the learner or an engine among them, the weight-sync
+        group is (re)built."""
+        g = self.groups
+        starts = g[Role.ROLLOUT].call("start") if Role.ROLLOUT in roles else []
+        waits = []
+        for role in (Role.LEARNER, Role.CRITIC):
+            if role in roles and role in g:
+                waits += g[role].join()
+        if Role.AGENT_LOOP in roles:
+            waits.append(self.runner.ready.remote())  # environment hosts start meanwhile
+        if Role.REFERENCE in roles:
+            waits += [a.__ray_ready__.remote() for a in self.references]
+        if Role.ROLLOUT in roles or Role.LEARNER in roles:
+            ray.get(starts)
+            self.spec = ray.get(self.learner.weight_spec.remote())
+            self.join_weight_sync()
+        ray.get(waits)
+
+    def members(self, role: Role) -> list:
+        """The actors of `role` (empty when the run has no such role)."""
+        return self.groups[role].members if role in self.groups else []
+
+    @property
+    def engines(self) -> list:
+        return self.members(Role.ROLLOUT)
+
+    @property
+    def learners(self) -> list:
+        """Data-parallel ranks; rank 0 also sends the weights."""
+        return self.members(Role.LEARNER)
+
+    @property
+    def learner(self):
+        return self.learners[0] if self.learners else None
+
+    @property
+    def references(self) -> list:
+        """Each scores a block of rows."""
+        return self.members(Role.REFERENCE)
+
+    @property
+    def critics(self) -> list:
+        return self.members(Role.CRITIC)
+
+    @property
+    def runner(self):
+        return self.members(Role.AGENT_LOOP)[0] if Role.AGENT_LOOP in self.groups else None
+
     def join_weight_sync(self) -> None:
         """(Re)build the weight-sync group: learner rank 0, engine i rank i + 1."""
-        host, port = ray.get(self.learner.sync_address.remote())
+        host, port = ray.get(self.learner.group_address.remote())
         world = 1 + len(self.engines)
         backend = "nccl" if self.use_gpu else "gloo"
         timeout = self.config.inference.sync_timeout_s
@@ -280,10 +305,11 @@ class RayPPOTrainer:
         """Run iterations up to `num_epochs` (default `training.num_epochs`; a resumed run
         starts after its checkpoint's step); returns metrics_history.
 
-        A role that dies (learner, critic, reference, agent loop) restarts the run from its
-        newest checkpoint, up to `training.max_failures` times (`restart_run`). If an
-        iteration fails otherwise, or past that, the policy as last updated is saved to
-        `<run>/interrupted` before the error propagates.
+        A role that dies is restarted by `rayrl.recovery.Recovery` (up to
+        `training.max_failures` times): a reference rank or the agent loop in place, the
+        step run again; a learner or critic rank with its group, the run rolled back to
+        its newest checkpoint. If an iteration fails otherwise, or past that, the policy
+        as last updated is saved to `<run>/interrupted` before the error propagates.
         """
         if self.learner is None:
             self.setup()
@@ -300,7 +326,7 @@ class RayPPOTrainer:
                     self.callbacks.on_step_end(self, row)
                     self.maybe_save_state(step + 1)
                 except ray.exceptions.RayActorError as err:
-                    step = self.restart_run(err)  # the newest checkpoint's step, or raises
+                    step = self.recovery.recover(err, step)  # the step to go on from, or raises
                     bar.n = step
                     continue
                 step += 1
@@ -329,9 +355,10 @@ class RayPPOTrainer:
         log("rollout (%d episodes)", t_cfg.batch_size)
         t = time.perf_counter()
         n_groups = t_cfg.batch_size // t_cfg.group_size
+        self.recovery.begin_step()
         tasks = sample_tasks(cfg.environment, n_groups, self.rng, env_source=self.env_source)
         seed = t_cfg.seed * 1_000_003 + step if t_cfg.deterministic else None
-        batch_ref, stats = self.collect(tasks, seed)
+        batch_ref, stats = self.recovery.collect(tasks, seed)  # dead engines replaced, their episodes re-run
         times["rollout"] = time.perf_counter() - t
         self._warn_once(stats["warnings"])
 
@@ -393,69 +420,6 @@ class RayPPOTrainer:
             if message not in self._warned:
                 self._warned.add(message)
                 logger.warning(message)
-
-    # ---- rollout with engine recovery ---------------------------------------------
-    def collect(self, tasks: list, seed: int | None) -> tuple[Any, dict]:
-        """The step's batch (an object reference) and its stats; engines that die while
-        serving it are replaced (`recover_engines`) and their episodes re-run."""
-        refs = self.runner.collect.options(num_returns=2).remote(
-            tasks, self.config.training.group_size, None, seed
-        )
-        while True:
-            try:
-                return refs[0], ray.get(refs[1])
-            except EngineLost as lost:
-                logger.warning("%s; restarting them", lost)
-                self.recover_engines(lost.engines)
-                refs = self.runner.retry_lost.options(num_returns=2).remote(self.engines)
-
-    def restart_run(self, err: BaseException) -> int:
-        """After a role died: stop every role, start them again from the newest checkpoint
-        and return the step to continue from. Raises when `training.max_failures` restarts
-        are used up or there is no checkpoint, naming the actor and its exit cause."""
-        limit = self.config.training.max_failures
-        latest = self.checkpoints.latest()
-        cause = str(err).strip().splitlines()
-        why = f"{type(err).__name__}: {' '.join(cause[:3])[:400]}"
-        if self.run_restarts >= limit or latest is None:
-            reason = (
-                f"training.max_failures={limit} restarts are used up"
-                if latest is not None
-                else "there is no checkpoint to restart from (set checkpoint.save_interval)"
-            )
-            raise RuntimeError(f"a training role died ({why}) and {reason}; stopping") from err
-        self.run_restarts += 1
-        logger.warning("a training role died (%s); restarting the run from %s", why, latest)
-        self.stop_roles()
-        self.setup(resume=latest)
-        if self._callback_state:
-            self.callbacks.load_state_dict(self._callback_state)
-        return self.start_step
-
-    def recover_engines(self, dead: list[int]) -> None:
-        """Replace dead engines in their bundles, rebuild the sync group and load the current
-        weights into every engine before any of them serves again."""
-        limit = self.config.inference.max_engine_restarts
-        if self.engine_restarts + len(dead) > limit:
-            raise RuntimeError(
-                f"rollout engine(s) {dead} died and {self.engine_restarts} restart(s) of "
-                f"inference.max_engine_restarts={limit} are used up; stopping"
-            )
-        for i in dead:
-            try:
-                ray.kill(self.engines[i])  # an engine whose vLLM core died is still an actor
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-            self.engines[i] = self._placement.spawn(
-                "rollout", RolloutWorker, self.model_path, self.engine_cfg, i, index=i
-            )
-        ray.get([self.engines[i].start.remote() for i in dead])
-        self.join_weight_sync()
-        timeout = self.config.inference.sync_timeout_s
-        sync_engines(
-            self.learners, self.engines, self.spec, self.version, DEFAULT_BUCKET_BYTES, timeout, bump=False
-        )
-        self.engine_restarts += len(dead)
 
     # ---- control from callbacks ------------------------------------------------
     @property
@@ -520,12 +484,15 @@ class RayPPOTrainer:
         return path
 
     def restore(self, checkpoint: Path) -> None:
-        """Load a checkpoint into the started roles and the driver (called by `setup`)."""
+        """Load a checkpoint into the running roles (learner, critic, engines) and the driver."""
         state = read_state(checkpoint)
         ray.get([r.load_state.remote(str(checkpoint / "learner")) for r in self.learners])
         ray.get([c.load_state.remote(str(checkpoint / "critic_state")) for c in self.critics])
         self.version = state["weight_version"]
-        ray.get([e.set_weight_version.remote(self.version) for e in self.engines])
+        timeout = self.config.inference.sync_timeout_s  # the engines serve the checkpoint's policy
+        sync_engines(
+            self.learners, self.engines, self.spec, self.version, DEFAULT_BUCKET_BYTES, timeout, bump=False
+        )
         self.kl_ctl.value = state["kl_coef"]
         self.learning_rate = state["learning_rate"]
         self.rng.setstate(_as_rng_state(state["task_rng"]))
@@ -596,8 +563,9 @@ class RayPPOTrainer:
             "env_errors": len(stats["errors"]),
             "env_restarts": stats["env_restarts"],
             "reward_timeouts": stats["reward_timeouts"],
-            "engine_restarts": self.engine_restarts,
-            "run_restarts": self.run_restarts,
+            "engine_restarts": self.recovery.engine_restarts,
+            "role_restarts": self.recovery.role_restarts,
+            "run_restarts": self.recovery.run_restarts,
             "episodes_retried": stats["episodes_retried"],
             "truncated_episodes": stats["truncated"],
             "callback_errors": self.callbacks.total_errors,
@@ -653,10 +621,11 @@ class RayPPOTrainer:
                 ray.get(engine.shutdown.remote(), timeout=60)
             except Exception:  # noqa: BLE001 - best effort on the way out
                 logger.warning("engine shutdown failed", exc_info=True)
+        for group in self.groups.values():
+            group.kill()
+        if self.scorer is not None:
+            ray.kill(self.scorer)
         if self._placement is not None:
             self._placement.remove()
             self._placement = None
-        self.engines, self.learners, self.learner = [], [], None
-        if self.scorer is not None:
-            ray.kill(self.scorer)
-        self.references, self.critics, self.runner, self.scorer = [], [], None, None
+        self.groups, self.scorer = {}, None

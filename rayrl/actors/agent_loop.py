@@ -132,6 +132,8 @@ class EpisodeRunner:
         reward_timeout_s: deadline of one `reward_fn` call. It runs off the event loop (a
             thread), so a slow reward holds only its own episode; past the deadline that
             episode scores 0, with the reason recorded and counted.
+        env_scheduling: Ray scheduling strategy of the environment hosts (the trainer
+            places them in the agent loop's bundle); None: anywhere.
     """
 
     def __init__(
@@ -144,6 +146,7 @@ class EpisodeRunner:
         env_source: EnvironmentSource | None = None,
         max_episodes: int = 1,
         reward_timeout_s: float = 60.0,
+        env_scheduling: Any = None,
     ):
         from transformers import AutoTokenizer
 
@@ -164,7 +167,9 @@ class EpisodeRunner:
         self.episodes_retried = 0
         self._held: _Batch | None = None  # a batch waiting for `retry_lost`
         self.warnings: list[str] = []
-        self.envs = EnvironmentPool(env_config, env_source, env_config.num_actors or max_episodes)
+        self.envs = EnvironmentPool(
+            env_config, env_source, env_config.num_actors or max_episodes, env_scheduling
+        )
 
     async def ready(self) -> int:
         """Start the environment actors and wait for them; returns how many are alive.

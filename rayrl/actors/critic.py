@@ -52,15 +52,15 @@ class Critic:
     """Plain class; `rayrl.placement` wraps it as a Ray actor.
 
     The role is a group of `critic.num_ranks` data-parallel ranks trained by the same
-    strategy as the actor-learner (`training.strategy`, torch or DeepSpeed ZeRO), with
+    strategy choices as the actor-learner (`critic.strategy`, torch or DeepSpeed ZeRO), with
     its own process group. `compute_values` gives each rank a contiguous block of rows;
     `update` splits every mini-batch over the ranks and sums their gradients. Call
-    `init_strategy`, `compute_values`, `update` and `save` on every rank.
+    `join_group`, `compute_values`, `update` and `save` on every rank.
 
     Args:
         model_path: local Hugging Face folder of the backbone.
-        training: the `training` section (strategy, micro-batches, PPO epochs, autocast, threads).
-        config: the `critic` section.
+        training: the `training` section (batch schedule, PPO epochs, seed).
+        config: the `critic` section (ranks, strategy, micro-batches, compute, optimizer).
         rank / world_size: this rank and the group's size.
     """
 
@@ -75,20 +75,20 @@ class Critic:
         self.training = training
         self.config = config
         self.rank, self.world_size = rank, world_size
-        modeling.set_threads(training.num_threads)
+        modeling.set_threads(config.num_threads)
         torch.manual_seed(training.seed)  # every rank starts from the same value head
         self.device = modeling.pick_device()
-        self.model = ValueModel(model_path, training.gradient_checkpointing).to(self.device)
+        self.model = ValueModel(model_path, config.gradient_checkpointing).to(self.device)
         self.strategy = None
-        if training.strategy == "torch" and world_size == 1:
+        if config.strategy == "torch" and world_size == 1:
             self.strategy = self._make_strategy()
         self.rng = np.random.default_rng(training.seed + 1)  # same mini-batch split on every rank
 
-    def dist_address(self) -> tuple[str, int]:
+    def group_address(self) -> tuple[str, int]:
         """Rendezvous address of the critic group (called on rank 0)."""
         return rendezvous_address()
 
-    def init_strategy(self, host: str, port: int) -> str:
+    def join_group(self, host: str, port: int) -> str:
         """Join the critic group at rank 0's (host, port) and build the strategy (all ranks)."""
         if self.strategy is None:
             init_distributed(host, port, self.rank, self.world_size, self.device)
@@ -97,9 +97,9 @@ class Critic:
 
     def _make_strategy(self):
         optim = OptimizerSettings(
-            self.config.learning_rate, self.training.weight_decay, self.config.max_grad_norm
+            self.config.learning_rate, self.config.weight_decay, self.config.max_grad_norm
         )
-        return make_strategy(self.model, optim, self.training, self.world_size)
+        return make_strategy(self.model, optim, self.training, self.config, self.world_size)
 
     def compute_values(self, batch: pa.Table) -> np.ndarray:
         """Flat float32 values of the trainable tokens of this rank's block of rows
@@ -109,18 +109,18 @@ class Critic:
         num_passes = None
         if getattr(self.strategy, "stage", None) == 3:  # the same number of passes on every rank
             largest = len(modeling.row_shard(len(seqs), 0, self.world_size))
-            num_passes = -(-largest // self.training.micro_batch_size)
+            num_passes = -(-largest // self.config.micro_batch_size)
         self.model.eval()
         values = modeling.batch_logprobs(
             self.strategy.forward,
             seqs,
-            self.training.micro_batch_size,
+            self.config.micro_batch_size,
             self.device,
-            self.training.autocast_dtype,
+            self.config.autocast_dtype,
             rows=rows,
             num_passes=num_passes,
         )
-        modeling.release_memory(self.device, self.training.release_memory)
+        modeling.release_memory(self.device, self.config.release_memory)
         return values
 
     def update(self, batch: pa.Table) -> dict:
@@ -138,9 +138,9 @@ class Critic:
         for _, mini, n_tok in mini_batches(seqs, t, self.rng):
             self.strategy.zero_grad()
             mini_loss = 0.0
-            for mb in self.strategy.micro_batches(seqs, mini, t.micro_batch_size, self.device):
+            for mb in self.strategy.micro_batches(seqs, mini, self.config.micro_batch_size, self.device):
                 idx, weight = mb.index, mb.weight
-                with modeling.autocast(self.device, t.autocast_dtype):
+                with modeling.autocast(self.device, self.config.autocast_dtype):
                     values = self.strategy.forward(mb.input_ids, mb.attention_mask, mb.loss_mask)
                 token_loss, was_clipped = compute_value_loss(
                     values,
@@ -154,7 +154,7 @@ class Critic:
                 clipped += weight * float(was_clipped.sum())
             norms.append(self.strategy.step())
             losses.append(mini_loss)
-        modeling.release_memory(self.device, self.training.release_memory)
+        modeling.release_memory(self.device, self.config.release_memory)
         total = sum_over_ranks([clipped, *losses], self.world_size)
         tokens = seqs.num_tokens * t.ppo_epochs
         return {

@@ -128,6 +128,7 @@ class EnvironmentPool:
         env_config: the `environment` section.
         source: where fresh environments come from (default: the one `env_config.name` names).
         size: most hosts alive at once (episodes beyond it wait for a free host).
+        scheduling: Ray scheduling strategy of the hosts (e.g. a placement-group bundle).
     """
 
     def __init__(
@@ -135,8 +136,10 @@ class EnvironmentPool:
         env_config: EnvironmentConfig,
         source: EnvironmentSource | None = None,
         size: int = 1,
+        scheduling: Any = None,
     ):
         self.env_config = env_config
+        self.scheduling = scheduling
         self.source = source
         self.isolated = env_config.isolation == "actor"
         self.size = max(1, size)
@@ -152,6 +155,8 @@ class EnvironmentPool:
 
     def _new_actor(self):
         options = {"num_cpus": self.env_config.cpus_per_actor, "max_restarts": 0}
+        if self.scheduling is not None:
+            options["scheduling_strategy"] = self.scheduling
         self._alive += 1
         return ray.remote(EnvironmentHost).options(**options).remote(self.env_config, self.source)
 

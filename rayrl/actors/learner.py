@@ -5,12 +5,12 @@ float32 master weights with bf16 autocast; the update is the PPO clipped objecti
 entropy bonus, aggregated over the trainable tokens of each mini-batch with its
 global denominators, with gradient accumulation over micro-batches.
 
-The role is a group of `training.num_learners` data-parallel ranks, each a Ray
+The role is a group of `learner.num_ranks` data-parallel ranks, each a Ray
 actor; each rank trains on its share of every mini-batch and the strategy
 (`rayrl.actors.strategy`: torch or DeepSpeed ZeRO) sums gradients over ranks, so
 every rank takes the step one rank would take on the whole mini-batch. Rank 0 is
 also rank 0 of the weight-sync group. Methods that touch the model collectively
-(`init_strategy`, `update`, `broadcast_weights`, `save`) are called on every rank.
+(`join_group`, `update`, `broadcast_weights`, `save`) are called on every rank.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from rayrl.actors.strategy import (
     sum_over_ranks,
 )
 from rayrl.algorithms import aggregate_loss, compute_policy_loss, kl_penalty
-from rayrl.config import TrainingConfig
+from rayrl.config import LearnerConfig, TrainingConfig
 from rayrl.hardware import resolve_dtype
 
 # Per-token metrics summed over the batch's trainable tokens (then divided by their count).
@@ -46,29 +46,32 @@ class ActorLearner:
 
     Args:
         model_path: local Hugging Face folder of the initial policy.
-        config: the `training` section.
+        training: the `training` section (algorithm, learning rate, batch schedule, seed).
+        config: the `learner` section (ranks, strategy, micro-batches, LoRA, compute).
         sync_dtype: dtype the inference engines hold weights in (sent on the wire).
     """
 
     def __init__(
         self,
         model_path: str,
-        config: TrainingConfig,
+        training: TrainingConfig,
+        config: LearnerConfig,
         sync_dtype: str = "bfloat16",
         rank: int = 0,
         world_size: int = 1,
     ):
+        self.training = training
         self.config = config
         self.model_path = model_path
         self.rank, self.world_size = rank, world_size
         modeling.set_threads(config.num_threads or max(1, (os.cpu_count() or 1) // world_size))
-        torch.manual_seed(config.seed)
+        torch.manual_seed(training.seed)
         self.device = modeling.pick_device()
         self.model = modeling.load_causal_lm(
             model_path, self.device, trainable=True, gradient_checkpointing=config.gradient_checkpointing
         )
         # taken now: names of the full model (before LoRA wraps it), and shapes that
-        # ZeRO-3 hides once it partitions the parameters in init_strategy
+        # ZeRO-3 hides once it partitions the parameters in join_group
         self._spec = [
             weight_sync.TensorSpec(name, tuple(p.shape), resolve_dtype(sync_dtype, self.device.type))
             for name, p in self.model.named_parameters()
@@ -80,11 +83,11 @@ class ActorLearner:
         if config.strategy == "torch" and world_size == 1:
             self.strategy = self._make_strategy()
         self.sync_dtype = resolve_dtype(sync_dtype, self.device.type)
-        self.rng = np.random.default_rng(config.seed)
+        self.rng = np.random.default_rng(training.seed)
         self.version = 0
         self._group = None
 
-    def init_strategy(self, host: str, port: int) -> str:
+    def join_group(self, host: str, port: int) -> str:
         """Join the learner group at rank 0's (host, port) and build the strategy (all ranks)."""
         if self.strategy is None:
             init_distributed(host, port, self.rank, self.world_size, self.device)
@@ -93,8 +96,8 @@ class ActorLearner:
 
     def _make_strategy(self):
         c = self.config
-        optim = OptimizerSettings(c.learning_rate, c.weight_decay, c.max_grad_norm)
-        return make_strategy(modeling.TokenLogprobs(self.model), optim, c, self.world_size)
+        optim = OptimizerSettings(self.training.learning_rate, c.weight_decay, c.max_grad_norm)
+        return make_strategy(modeling.TokenLogprobs(self.model), optim, self.training, c, self.world_size)
 
     def set_learning_rate(self, learning_rate: float) -> float:
         """Change the optimizer's learning rate from the next step on; returns the rate the
@@ -115,7 +118,7 @@ class ActorLearner:
             metrics (seed names): total_loss, policy_loss, kl, clip_frac, entropy, grad_norm, and the mean
             absolute gap between the engine's and the learner's log-probs.
         """
-        cfg = self.config
+        cfg, role = self.training, self.config
         kl_coef = cfg.kl_coef if kl_coef is None else kl_coef
         seqs = modeling.SequenceBatch(batch)
         zero = dict.fromkeys((*_SUMMED, "total_loss"), 0.0)
@@ -130,7 +133,7 @@ class ActorLearner:
         if not on_policy:
             old_lp = torch.from_numpy(
                 modeling.batch_logprobs(
-                    self.strategy.forward, seqs, cfg.micro_batch_size, self.device, cfg.autocast_dtype
+                    self.strategy.forward, seqs, role.micro_batch_size, self.device, role.autocast_dtype
                 )
             )
 
@@ -142,9 +145,9 @@ class ActorLearner:
         for epoch, mini, n_tok in mini_batches(seqs, cfg, self.rng):
             self.strategy.zero_grad()
             mini_loss = 0.0
-            for mb in self.strategy.micro_batches(seqs, mini, cfg.micro_batch_size, self.device):
+            for mb in self.strategy.micro_batches(seqs, mini, role.micro_batch_size, self.device):
                 idx, weight = mb.index, mb.weight
-                with modeling.autocast(self.device, cfg.autocast_dtype):
+                with modeling.autocast(self.device, role.autocast_dtype):
                     lp, entropy = self.strategy.forward(
                         mb.input_ids,
                         mb.attention_mask,
@@ -209,7 +212,7 @@ class ActorLearner:
         """Names, shapes and wire dtypes of the weights the engines receive."""
         return list(self._spec)
 
-    def sync_address(self) -> tuple[str, int]:
+    def group_address(self) -> tuple[str, int]:
         """Rendezvous address for a group whose rank 0 is this actor (learner ranks, weight sync)."""
         return rendezvous_address()
 
@@ -316,7 +319,7 @@ class ActorLearner:
         return lp.float().cpu().tolist()
 
 
-def _with_lora(model, config: TrainingConfig):
+def _with_lora(model, config: LearnerConfig):
     """`model` wrapped by peft with trainable LoRA adapters (the base weights frozen)."""
     from peft import LoraConfig, get_peft_model
 

@@ -1,6 +1,6 @@
 """Reference role: the frozen initial policy, scoring rollouts for the KL term.
 
-The role is a group of `training.num_references` ranks; each scores a contiguous
+The role is a group of `reference.num_ranks` ranks; each scores a contiguous
 block of the batch's rows (`modeling.row_shard`) and the scorer concatenates their
 outputs in rank order. Inference only: the ranks share no process group.
 """
@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from rayrl.actors import modeling
-from rayrl.config import TrainingConfig
+from rayrl.config import ReferenceConfig
 
 
 class ReferenceWorker:
@@ -19,11 +19,11 @@ class ReferenceWorker:
 
     Args:
         model_path: local Hugging Face folder of the initial policy.
-        config: the `training` section (micro-batch size, autocast, threads).
+        config: the `reference` section (micro-batch size, autocast, threads).
         rank / world_size: which block of rows this rank scores, out of how many.
     """
 
-    def __init__(self, model_path: str, config: TrainingConfig, rank: int = 0, world_size: int = 1):
+    def __init__(self, model_path: str, config: ReferenceConfig, rank: int = 0, world_size: int = 1):
         self.config = config
         self.rank, self.world_size = rank, world_size
         modeling.set_threads(config.num_threads)

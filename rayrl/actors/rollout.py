@@ -140,11 +140,6 @@ class RolloutWorker:
         fingerprints = [w.pop("fingerprint") for w in per_worker]
         return {**per_worker[0], "fingerprints": fingerprints}
 
-    def set_weight_version(self, version: int) -> int:
-        """Record the version of the weights the engine was started from (a resumed run's)."""
-        self.weight_version = version
-        return version
-
     async def shutdown(self) -> None:
         """Stop the engine and its worker process."""
         if self.engine is not None:

@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 
 from rayrl.actors.modeling import SequenceBatch
-from rayrl.config import TrainingConfig
+from rayrl.config import CriticConfig, LearnerConfig, TrainingConfig
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,12 @@ class TorchStrategy(_DataParallel):
     """Plain torch AdamW, gradients summed over ranks by hand (see the module docstring)."""
 
     def __init__(
-        self, module: torch.nn.Module, optim: OptimizerSettings, schedule: TrainingConfig, world_size: int
+        self,
+        module: torch.nn.Module,
+        optim: OptimizerSettings,
+        schedule: TrainingConfig,
+        role: LearnerConfig | CriticConfig,
+        world_size: int,
     ):
         self.rank = dist.get_rank() if world_size > 1 else 0
         self.module = module
@@ -223,15 +228,20 @@ class DeepSpeedStrategy(_DataParallel):
     """DeepSpeed ZeRO engine around the model (see the module docstring)."""
 
     def __init__(
-        self, module: torch.nn.Module, optim: OptimizerSettings, schedule: TrainingConfig, world_size: int
+        self,
+        module: torch.nn.Module,
+        optim: OptimizerSettings,
+        schedule: TrainingConfig,
+        role: LearnerConfig | CriticConfig,
+        world_size: int,
     ):
         import deepspeed
 
         self.rank = dist.get_rank()  # DeepSpeed always runs in a process group
         self.world_size = world_size
-        self.stage = schedule.zero_stage
+        self.stage = role.zero_stage
         rows_per_rank = -(-schedule.batch_size // (schedule.num_mini_batches * world_size))
-        self.micro_batches_per_step = max(1, -(-rows_per_rank // schedule.micro_batch_size))
+        self.micro_batches_per_step = max(1, -(-rows_per_rank // role.micro_batch_size))
         optimizer = torch.optim.AdamW(
             module.parameters(), lr=optim.learning_rate, weight_decay=optim.weight_decay
         )
@@ -301,17 +311,22 @@ class DeepSpeedStrategy(_DataParallel):
 
 
 def make_strategy(
-    module: torch.nn.Module, optim: OptimizerSettings, schedule: TrainingConfig, world_size: int
+    module: torch.nn.Module,
+    optim: OptimizerSettings,
+    schedule: TrainingConfig,
+    role: LearnerConfig | CriticConfig,
+    world_size: int,
 ):
-    """The strategy `schedule.strategy` names, training `module` (after `init_distributed`
+    """The strategy `role.strategy` names, training `module` (after `init_distributed`
     when it needs one).
 
     Args:
         module: what the role's forward calls; its parameters are trained.
         optim: the role's optimizer settings.
-        schedule: the `training` section (strategy, ZeRO stage, batch and micro-batch sizes).
+        schedule: the `training` section (batch size, mini-batches).
+        role: the role's section (strategy, ZeRO stage, micro-batch size).
         world_size: data-parallel ranks of the role.
     """
-    if schedule.strategy == "deepspeed":
-        return DeepSpeedStrategy(module, optim, schedule, world_size)
-    return TorchStrategy(module, optim, schedule, world_size)
+    if role.strategy == "deepspeed":
+        return DeepSpeedStrategy(module, optim, schedule, role, world_size)
+    return TorchStrategy(module, optim, schedule, role, world_size)

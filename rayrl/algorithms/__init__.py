@@ -1,47 +1,42 @@
 """Pure tensor functions for RL on language models, one module per family.
 
-advantages (one registry, `ADVANTAGE_ESTIMATORS`), losses, kl, filters, and the
-masked helpers they share. Adding an estimator is a function and a registry line.
+advantages, losses, kl, filters, and the masked helpers they share; `registry` says
+which estimators exist and what each needs (torch-free: the config reads it). Adding an
+estimator is a function in `advantages` and a line in `registry`. Names load on first
+use, so importing the registry does not import torch.
 """
 
-from rayrl.algorithms.advantages import (
-    ADVANTAGE_ESTIMATORS,
-    AdvantageInputs,
-    compute_advantages,
-    compute_gae,
-    compute_grpo_advantage,
-    compute_rloo_advantage,
-    discounted_returns,
-)
-from rayrl.algorithms.filters import informative_groups, normalize_rewards
-from rayrl.algorithms.kl import KLController, apply_kl_to_rewards, kl_penalty
-from rayrl.algorithms.losses import (
-    aggregate_loss,
-    compute_policy_loss,
-    compute_value_loss,
-    entropy_from_logits,
-)
-from rayrl.algorithms.masked import masked_mean, masked_whiten, pad_tokens, unpad_tokens
+from __future__ import annotations
 
-__all__ = [
-    "ADVANTAGE_ESTIMATORS",
-    "AdvantageInputs",
-    "KLController",
-    "aggregate_loss",
-    "apply_kl_to_rewards",
-    "compute_advantages",
-    "compute_gae",
-    "compute_grpo_advantage",
-    "compute_policy_loss",
-    "compute_rloo_advantage",
-    "compute_value_loss",
-    "discounted_returns",
-    "entropy_from_logits",
-    "informative_groups",
-    "kl_penalty",
-    "masked_mean",
-    "masked_whiten",
-    "normalize_rewards",
-    "pad_tokens",
-    "unpad_tokens",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    **dict.fromkeys(
+        [
+            "ADVANTAGE_ESTIMATORS",
+            "AdvantageInputs",
+            "compute_advantages",
+            "compute_gae",
+            "compute_grpo_advantage",
+            "compute_rloo_advantage",
+            "discounted_returns",
+        ],
+        "advantages",
+    ),
+    **dict.fromkeys(["informative_groups", "normalize_rewards"], "filters"),
+    **dict.fromkeys(["KLController", "apply_kl_to_rewards", "kl_penalty"], "kl"),
+    **dict.fromkeys(
+        ["aggregate_loss", "compute_policy_loss", "compute_value_loss", "entropy_from_logits"], "losses"
+    ),
+    **dict.fromkeys(["masked_mean", "masked_whiten", "pad_tokens", "unpad_tokens"], "masked"),
+    **dict.fromkeys(["ESTIMATORS", "EstimatorTraits"], "registry"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rayrl.algorithms' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"rayrl.algorithms.{_EXPORTS[name]}"), name)

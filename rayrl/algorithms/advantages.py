@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from rayrl.algorithms.masked import masked_whiten
+from rayrl.algorithms.registry import ESTIMATORS, EstimatorTraits
 
 
 def _scores(token_rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -164,20 +165,32 @@ def reinforce_pp_baseline(x: AdvantageInputs) -> tuple[torch.Tensor, torch.Tenso
 
 @dataclass(frozen=True)
 class Estimator:
-    """A registered estimator and what it needs."""
+    """A registered estimator's function and what it needs (from `registry.ESTIMATORS`)."""
 
     fn: Callable[[AdvantageInputs], tuple[torch.Tensor, torch.Tensor]]
-    needs_critic: bool = False
-    needs_groups: bool = False
+    traits: EstimatorTraits
+
+    @property
+    def needs_critic(self) -> bool:
+        return self.traits.needs_critic
+
+    @property
+    def needs_groups(self) -> bool:
+        return self.traits.needs_groups
 
 
+_FUNCTIONS = {
+    "gae": gae,
+    "grpo": grpo,
+    "dr_grpo": dr_grpo,
+    "rloo": rloo,
+    "reinforce_pp": reinforce_pp,
+    "reinforce_pp_baseline": reinforce_pp_baseline,
+}
+if set(_FUNCTIONS) != set(ESTIMATORS):  # adding an estimator is a function and a registry line
+    raise ImportError(f"estimator functions {sorted(_FUNCTIONS)} != registry {sorted(ESTIMATORS)}")
 ADVANTAGE_ESTIMATORS: dict[str, Estimator] = {
-    "gae": Estimator(gae, needs_critic=True),
-    "grpo": Estimator(grpo, needs_groups=True),
-    "dr_grpo": Estimator(dr_grpo, needs_groups=True),
-    "rloo": Estimator(rloo, needs_groups=True),
-    "reinforce_pp": Estimator(reinforce_pp),
-    "reinforce_pp_baseline": Estimator(reinforce_pp_baseline, needs_groups=True),
+    name: Estimator(_FUNCTIONS[name], t) for name, t in ESTIMATORS.items()
 }
 
 

@@ -1,8 +1,11 @@
-"""Where each role runs: placement groups built from the config.
+"""Where each role runs: placement groups built from the config, and the role groups
+whose actors live in them.
 
-One bundle per role instance: rollout engines, the actor-learner ranks, the
-reference ranks (when there is a KL term), the critic ranks (with GAE) and the agent
-loop. With `ray.colocate_models` reference and critic rank i instead share learner
+`Role` names the roles; `roles_for(config)` is the one place that decides which exist
+(the estimator registry says whether a critic is needed, the KL coefficient whether a
+reference is). One bundle per role instance: rollout engines, the actor-learner ranks,
+the reference ranks, the critic ranks and the agent loop (whose bundle also holds the
+scorer and the environment hosts). With `ray.colocate_models` reference and critic rank i instead share learner
 rank i's bundle, each actor asking for a fraction of it (a third of a GPU each, say). On a cluster with GPUs the model roles get GPU bundles; in
 local CPU mode every bundle is one logical CPU (the roles take turns on the real
 cores: rollout, then reference, then update; on a cluster with fewer logical CPUs than
@@ -12,14 +15,45 @@ is the only place that wraps them with `ray.remote` and pins them to a bundle.
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Any
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from rayrl.algorithms.registry import ESTIMATORS
 from rayrl.config import ConfigStore
+
+logger = logging.getLogger(__name__)
+
+
+class Role(str, Enum):
+    """The roles of a run."""
+
+    ROLLOUT = "rollout"
+    LEARNER = "learner"
+    REFERENCE = "reference"
+    CRITIC = "critic"
+    AGENT_LOOP = "agent_loop"
+
+
+MODEL_ROLES = (Role.LEARNER, Role.REFERENCE, Role.CRITIC)
+
+
+def roles_for(config: ConfigStore) -> dict[Role, int]:
+    """Which roles this config runs, and how many actors each (in start order)."""
+    roles = {Role.ROLLOUT: config.inference.num_engines, Role.LEARNER: config.learner.num_ranks}
+    if config.training.kl_coef > 0:
+        roles[Role.REFERENCE] = config.reference.num_ranks
+    if ESTIMATORS[config.training.adv_estimator].needs_critic:
+        roles[Role.CRITIC] = config.critic.num_ranks
+    roles[Role.AGENT_LOOP] = 1
+    return roles
 
 
 class PlacementError(RuntimeError):
@@ -34,11 +68,13 @@ class RoleSpec:
     bundles of the host role (colocation), each asking for a share of the bundle.
     """
 
-    name: str
+    name: Role
     count: int
     cpus: float
     gpus: float
-    host: str | None = None
+    host: Role | None = None
+    extra_cpus: float = 0.0
+    """CPUs reserved in the bundle for actors the role starts itself (environment hosts)."""
 
 
 def plan_roles(config: ConfigStore, use_gpu: bool, cpu_budget: float | None = None) -> list[RoleSpec]:
@@ -59,25 +95,24 @@ def plan_roles(config: ConfigStore, use_gpu: bool, cpu_budget: float | None = No
 
 def _plan(config: ConfigStore, use_gpu: bool) -> list[RoleSpec]:
     gpu = 1.0 if use_gpu else 0.0
-    models = ["learner"]
-    if config.training.kl_coef > 0:
-        models.append("reference")
-    if config.training.adv_estimator == "gae":
-        models.append("critic")
-    counts = {
-        "learner": config.training.num_learners,
-        "reference": config.training.num_references,
-        "critic": config.critic.num_ranks,
-    }
-    roles = [RoleSpec("rollout", config.inference.num_engines, 1.0, gpu)]
+    counts = roles_for(config)
+    models = [r for r in MODEL_ROLES if r in counts]
+    env = config.environment
+    # environment hosts live in the agent loop's bundle and reserve what they ask for
+    env_cpus = (
+        env.cpus_per_actor * (env.num_actors or config.training.batch_size)
+        if env.isolation == "actor"
+        else 0.0
+    )
+    roles = [RoleSpec(Role.ROLLOUT, counts[Role.ROLLOUT], 1.0, gpu)]
     if config.ray.colocate_models:
         share = 1.0 / len(models)
-        for name in models:
-            host = None if name == "learner" else "learner"
-            roles.append(RoleSpec(name, counts[name], share, gpu * share, host))
+        for role in models:
+            host = None if role is Role.LEARNER else Role.LEARNER
+            roles.append(RoleSpec(role, counts[role], share, gpu * share, host))
     else:
-        roles += [RoleSpec(name, counts[name], 1.0, gpu) for name in models]
-    roles.append(RoleSpec("agent_loop", 1, 1.0, 0.0))
+        roles += [RoleSpec(role, counts[role], 1.0, gpu) for role in models]
+    roles.append(RoleSpec(Role.AGENT_LOOP, 1, 1.0, 0.0, extra_cpus=env_cpus))
     return roles
 
 
@@ -121,7 +156,7 @@ class RolePlacement:
             if role.host is not None:
                 self.bundle_index[role.name] = self.bundle_index[role.host][: role.count]
             for i in self.bundle_index[role.name]:
-                bundles[i]["CPU"] = bundles[i].get("CPU", 0.0) + role.cpus
+                bundles[i]["CPU"] = bundles[i].get("CPU", 0.0) + role.cpus + role.extra_cpus
                 if role.gpus:
                     bundles[i]["GPU"] = bundles[i].get("GPU", 0.0) + role.gpus
         self.bundles = bundles
@@ -141,7 +176,8 @@ class RolePlacement:
         need_cpu = sum(b["CPU"] for b in self.bundles)
         need_gpu = sum(b.get("GPU", 0) for b in self.bundles)
         layout = ", ".join(
-            f"{r.name} x{r.count}" + (f" in {r.host}'s bundle" if r.host else "") for r in self.roles
+            f"{r.name.value} x{r.count}" + (f" in {r.host.value}'s bundle" if r.host else "")
+            for r in self.roles
         )
         parts = [f"needs {len(self.bundles)} bundles ({layout}): {need_cpu:g} CPU"]
         if need_gpu:
@@ -153,16 +189,26 @@ class RolePlacement:
             + f"; cluster has {have.get('CPU', 0):g} CPU and {have.get('GPU', 0):g} GPU"
         )
 
-    def spawn(self, role: str, cls: type, *args, index: int = 0, actor_options: dict | None = None, **kwargs):
+    def spec(self, role: Role) -> RoleSpec:
+        """What `role` asks for."""
+        return next(r for r in self.roles if r.name == role)
+
+    def strategy(self, role: Role, index: int = 0) -> PlacementGroupSchedulingStrategy:
+        """Scheduling into instance `index`'s bundle of `role` (for actors a role starts
+        itself, e.g. the agent loop's environment hosts)."""
+        return PlacementGroupSchedulingStrategy(
+            placement_group=self.pg, placement_group_bundle_index=self.bundle_index[role][index]
+        )
+
+    def spawn(
+        self, role: Role, cls: type, *args, index: int = 0, actor_options: dict | None = None, **kwargs
+    ):
         """Start `cls(*args, **kwargs)` as an actor in instance `index`'s bundle of `role`."""
-        spec = next(r for r in self.roles if r.name == role)
-        bundle = self.bundle_index[role][index]
+        spec = self.spec(role)
         options = {
             "num_cpus": spec.cpus,
             "num_gpus": spec.gpus,
-            "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                placement_group=self.pg, placement_group_bundle_index=bundle
-            ),
+            "scheduling_strategy": self.strategy(role, index),
             "max_restarts": 0,
         }
         options.update(actor_options or {})
@@ -171,3 +217,92 @@ class RolePlacement:
     def remove(self) -> None:
         """Free the bundles (actors in them are killed by Ray)."""
         remove_placement_group(self.pg)
+
+
+class RoleGroup:
+    """The actors of one role, member i in the role's bundle i: started together, called
+    together, and restarted one at a time into the same bundle.
+
+    Members of a collective group (learner ranks, critic ranks) expose `group_address()`
+    (rank 0: a rendezvous address) and `join_group(host, port)`; `join` forms the group.
+
+    Args:
+        placement: where the role's bundles are.
+        role: which role.
+        cls: the plain class of every member.
+        args_of: member i's constructor arguments (a tuple), e.g. its rank.
+        actor_options: extra Ray actor options (e.g. `max_concurrency`).
+    """
+
+    def __init__(
+        self,
+        placement: RolePlacement,
+        role: Role,
+        cls: type,
+        args_of: Callable[[int], tuple],
+        actor_options: dict | None = None,
+    ):
+        self.placement, self.role, self.cls = placement, role, cls
+        self.args_of, self.actor_options = args_of, actor_options
+        self.members = [self._spawn(i) for i in range(placement.spec(role).count)]
+        self.restarts = 0
+
+    def _spawn(self, i: int):
+        return self.placement.spawn(
+            self.role, self.cls, *self.args_of(i), index=i, actor_options=self.actor_options
+        )
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.members)
+
+    def __getitem__(self, i: int):
+        return self.members[i]
+
+    def call(self, method: str, *args, **kwargs) -> list[ray.ObjectRef]:
+        """`method(*args, **kwargs)` on every member; their object references in rank order."""
+        return [getattr(m, method).remote(*args, **kwargs) for m in self.members]
+
+    def get(self, method: str, *args, timeout: float | None = None, **kwargs) -> list:
+        """`call`, waiting for the results."""
+        return ray.get(self.call(method, *args, **kwargs), timeout=timeout)
+
+    def join(self) -> list[ray.ObjectRef]:
+        """Form the role's collective group: every member joins at rank 0's address."""
+        host, port = ray.get(self.members[0].group_address.remote())
+        return self.call("join_group", host, port)
+
+    def index_of(self, actor_id: str | None) -> int | None:
+        """Which member has Ray actor id `actor_id` (hex), if any."""
+        for i, member in enumerate(self.members):
+            if actor_id and member._actor_id.hex() == actor_id:
+                return i
+        return None
+
+    def restart(self, i: int):
+        """Replace member i by a fresh actor in the same bundle (the old one is killed if it
+        still runs); the caller rejoins it to whatever group it belonged to."""
+        _kill(self.members[i])
+        self.members[i] = self._spawn(i)
+        self.restarts += 1
+        logger.warning("restarted %s %d", self.role.value, i)
+        return self.members[i]
+
+    def restart_all(self) -> None:
+        """Replace every member (a collective group with a dead member cannot go on)."""
+        for i in range(len(self.members)):
+            self.restart(i)
+
+    def kill(self) -> None:
+        """Kill every member."""
+        for member in self.members:
+            _kill(member)
+
+
+def _kill(actor) -> None:
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # noqa: BLE001 - already gone
+        pass

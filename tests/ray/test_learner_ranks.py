@@ -9,6 +9,7 @@ import pytest
 
 from rayrl.actors import modeling
 from rayrl.actors.learner import ActorLearner
+from rayrl.config import LearnerConfig
 from tests.conftest import make_config
 
 LR = 1e-3
@@ -34,21 +35,23 @@ def global_batch() -> pa.Table:
     )
 
 
-def learner_config(tiny_model, **training):
-    """float32, one thread, micro-batches of 2 of a batch of 8 (the global batch has 7 rows)."""
-    base = {"learning_rate": LR, "micro_batch_size": 2, "autocast_dtype": "float32", "num_threads": 1}
-    return make_config(
-        model={"model_name": tiny_model}, training={**base, "batch_size": 8, **training}
-    ).training
+def learner_config(tiny_model, **keys):
+    """float32, one thread, micro-batches of 2 of a batch of 8 (the global batch has 7 rows);
+    `keys` go to the `learner` section when they are its own, else to `training`."""
+    learner = {"micro_batch_size": 2, "autocast_dtype": "float32", "num_threads": 1}
+    training = {"learning_rate": LR, "batch_size": 8}
+    for key, value in keys.items():
+        (learner if key in LearnerConfig.model_fields else training)[key] = value
+    return make_config(model={"model_name": tiny_model}, training=training, learner=learner)
 
 
-def start_ranks(ray, tiny_model, world: int, **training):
+def start_ranks(ray, tiny_model, world: int, **keys):
     """`world` learner ranks of the tiny model, joined in their strategy's group."""
-    cfg = learner_config(tiny_model, kl_coef=0.0, num_learners=world, **training)
+    cfg = learner_config(tiny_model, kl_coef=0.0, num_ranks=world, **keys)
     cls = ray.remote(ActorLearner).options(num_cpus=0)
-    ranks = [cls.remote(tiny_model, cfg, "float32", r, world) for r in range(world)]
-    host, port = ray.get(ranks[0].sync_address.remote())
-    ray.get([r.init_strategy.remote(host, port) for r in ranks])
+    ranks = [cls.remote(tiny_model, cfg.training, cfg.learner, "float32", r, world) for r in range(world)]
+    host, port = ray.get(ranks[0].group_address.remote())
+    ray.get([r.join_group.remote(host, port) for r in ranks])
     return ranks
 
 
@@ -97,7 +100,7 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_model):
     results = []
     for checkpointing in (False, True):
         cfg = learner_config(tiny_model, gradient_checkpointing=checkpointing)
-        learner = ActorLearner(tiny_model, cfg, "float32")
+        learner = ActorLearner(tiny_model, cfg.training, cfg.learner, "float32")
         assert learner.model.is_gradient_checkpointing == checkpointing
         results.append(learner.update(global_batch()))
     plain, recomputed = results
@@ -120,7 +123,7 @@ def test_release_memory_returns_an_updates_activations_to_the_system(tiny_model)
         }
     )
     cfg = learner_config(tiny_model, micro_batch_size=n, batch_size=n, release_memory=False)
-    learner = ActorLearner(tiny_model, cfg, "float32")
+    learner = ActorLearner(tiny_model, cfg.training, cfg.learner, "float32")
     learner.update(batch)
     held = rss_mb()
     modeling.release_memory(learner.device)

@@ -80,7 +80,9 @@ def test_colocated_models_share_the_learners_bundle(ray_local):
 
 def test_role_groups_get_a_bundle_per_rank_or_share_the_learner_ranks(ray_local):
     groups = {
-        "training": {"adv_estimator": "gae", "num_learners": 2, "num_references": 2, "group_size": 1},
+        "training": {"adv_estimator": "gae", "group_size": 1},
+        "learner": {"num_ranks": 2},
+        "reference": {"num_ranks": 2},
         "critic": {"num_ranks": 2},
     }
     separate = placement.plan_roles(make_config(**groups), use_gpu=True)

@@ -12,23 +12,18 @@ from tests.ray.test_learner_ranks import global_batch
 LR = 1e-3
 
 
-def config(tiny_model, **training):
+def config(tiny_model, training=None, **critic):
+    compute = {"micro_batch_size": 2, "autocast_dtype": "float32", "num_threads": 1}
     return make_config(
         model={"model_name": tiny_model},
-        training={
-            "micro_batch_size": 2,
-            "autocast_dtype": "float32",
-            "num_threads": 1,
-            "batch_size": 8,
-            "adv_estimator": "gae",
-            **training,
-        },
-        critic={"learning_rate": LR},
+        training={"batch_size": 8, "adv_estimator": "gae", **(training or {})},
+        reference=compute,
+        critic={"learning_rate": LR, **compute, **critic},
     )
 
 
 def test_reference_ranks_score_blocks_that_join_into_the_whole_batch(ray_local, tiny_model):
-    cfg = config(tiny_model).training
+    cfg = config(tiny_model).reference
     batch = ray_local.put(global_batch())
     cls = ray_local.remote(ReferenceWorker).options(num_cpus=0)
     (whole,) = ray_local.get([cls.remote(tiny_model, cfg).compute_logprobs.remote(batch)])
@@ -53,12 +48,12 @@ def scored_batch():
     )
 
 
-def train_critic(ray, tiny_model, world: int, **training):
-    cfg = config(tiny_model, **training)
+def train_critic(ray, tiny_model, world: int, training=None, **critic):
+    cfg = config(tiny_model, training, num_ranks=world, **critic)
     cls = ray.remote(Critic).options(num_cpus=0)
     ranks = [cls.remote(tiny_model, cfg.training, cfg.critic, r, world) for r in range(world)]
-    host, port = ray.get(ranks[0].dist_address.remote())
-    ray.get([r.init_strategy.remote(host, port) for r in ranks])
+    host, port = ray.get(ranks[0].group_address.remote())
+    ray.get([r.join_group.remote(host, port) for r in ranks])
     before = ray.get([r.flat_parameters.remote() for r in ranks])[0]
     batch = ray.put(scored_batch())
     values = np.concatenate(ray.get([r.compute_values.remote(batch) for r in ranks]))
@@ -77,10 +72,12 @@ def train_critic(ray, tiny_model, world: int, **training):
 def test_two_critic_ranks_match_one_rank(ray_local, tiny_model, strategy):
     # micro-batches of 3: the value blocks of 4 and 3 rows take 2 and 1 passes, so under
     # ZeRO-3 (a collective forward) rank 1 must add a pass
-    schedule = {"ppo_epochs": 1, "num_mini_batches": 2, "micro_batch_size": 3}
-    before, one_values, one_metrics, (one,) = train_critic(ray_local, tiny_model, 1, **schedule)
+    schedule = {"ppo_epochs": 1, "num_mini_batches": 2}
+    before, one_values, one_metrics, (one,) = train_critic(
+        ray_local, tiny_model, 1, schedule, micro_batch_size=3
+    )
     _, two_values, two_metrics, (rank0, rank1) = train_critic(
-        ray_local, tiny_model, 2, **schedule, **strategy
+        ray_local, tiny_model, 2, schedule, micro_batch_size=3, **strategy
     )
     # values: each rank scored its block, together the whole batch
     assert one_values.shape == (modeling.SequenceBatch(global_batch()).num_tokens,)

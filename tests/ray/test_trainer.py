@@ -28,9 +28,9 @@ def finished_run(ray_local, tiny_model, tmp_path_factory):
             "num_epochs": 2,
             "batch_size": 8,
             "group_size": 4,
-            "micro_batch_size": 4,
             "learning_rate": 1e-3,
         },
+        learner={"micro_batch_size": 4},
         checkpoint={"run_dir": str(run_dir), "run_name": "tiny"},
     )
     trainer = RayPPOTrainer(config)
@@ -133,7 +133,6 @@ def test_engine_deaths_past_the_restart_limit_stop_the_run_but_keep_the_policy(
         assert (tmp_path / "killed" / "interrupted" / "model.safetensors").is_file()
         assert trainer.metrics_history == []
     finally:
-        trainer.engines = []  # already dead
         trainer.cleanup()
 
 
@@ -178,37 +177,49 @@ def test_reward_fn_from_a_config_line_replaces_the_environment_reward(ray_local,
 
 
 @pytest.mark.parametrize(
-    ("training", "checks"),
+    ("sections", "checks"),
     [
         (
             {
-                "adv_estimator": "gae",
-                "kl_mode": "reward",
-                "ppo_epochs": 2,
-                "num_mini_batches": 2,
-                "lam": 0.95,
-                "num_references": 2,
+                "training": {
+                    "adv_estimator": "gae",
+                    "kl_mode": "reward",
+                    "ppo_epochs": 2,
+                    "num_mini_batches": 2,
+                    "lam": 0.95,
+                },
+                "reference": {"num_ranks": 2},
                 "critic": {"num_ranks": 2},
             },
             ("value_loss", "value_explained_var", "kl_reward", "critic_grad_norm"),
         ),
         pytest.param(  # estimator and group filter are unit-tested; this is the wiring
-            {"adv_estimator": "rloo", "filter_groups": True, "entropy_coef": 0.01, "clip_ratio_high": 0.28},
+            {
+                "training": {
+                    "adv_estimator": "rloo",
+                    "filter_groups": True,
+                    "entropy_coef": 0.01,
+                    "clip_ratio_high": 0.28,
+                }
+            },
             ("kept_episodes", "filtered_episodes"),
             marks=pytest.mark.slow,
         ),
         pytest.param(
-            {"adv_estimator": "reinforce_pp_baseline", "target_kl": 0.01},
+            {"training": {"adv_estimator": "reinforce_pp_baseline", "target_kl": 0.01}},
             ("kl_coef",),
             marks=pytest.mark.slow,
         ),
         pytest.param(  # ZeRO-3 ranks: tests/ray/test_learner_ranks.py and test_role_groups.py
-            {"adv_estimator": "grpo", "strategy": "deepspeed", "zero_stage": 3, "num_learners": 2},
+            {
+                "training": {"adv_estimator": "grpo"},
+                "learner": {"strategy": "deepspeed", "zero_stage": 3, "num_ranks": 2},
+            },
             ("grad_norm",),
             marks=pytest.mark.slow,
         ),
         pytest.param(  # LoRA sync and state: test_weight_sync_engine.py, test_learner_ranks.py
-            {"adv_estimator": "dr_grpo", "lora_rank": 4, "learning_rate": 1e-2},
+            {"training": {"adv_estimator": "dr_grpo", "learning_rate": 1e-2}, "learner": {"lora_rank": 4}},
             ("grad_norm",),
             marks=pytest.mark.slow,
         ),
@@ -221,13 +232,14 @@ def test_reward_fn_from_a_config_line_replaces_the_environment_reward(ray_local,
         "dr_grpo_lora",
     ],
 )
-def test_estimators_run_through_the_trainer(ray_local, tiny_model, tmp_path, training, checks):
-    critic = training.get("critic", {})
-    training = {k: v for k, v in training.items() if k != "critic"}
+def test_estimators_run_through_the_trainer(ray_local, tiny_model, tmp_path, sections, checks):
+    training, learner = sections["training"], sections.get("learner", {})
     config = tiny_config(
         tiny_model,
-        training={"num_epochs": 2, "batch_size": 8, "group_size": 4, "micro_batch_size": 4, **training},
-        critic=critic,
+        training={"num_epochs": 2, "batch_size": 8, "group_size": 4, **training},
+        learner={"micro_batch_size": 4, **learner},
+        reference=sections.get("reference", {}),
+        critic=sections.get("critic", {}),
         checkpoint={"run_dir": str(tmp_path), "run_name": "algo"},
     )
     trainer = RayPPOTrainer(config)
@@ -245,9 +257,9 @@ def test_estimators_run_through_the_trainer(ray_local, tiny_model, tmp_path, tra
         assert history[0]["value_loss"] > 0
     if training.get("filter_groups"):
         assert all(r["kept_episodes"] + r["filtered_episodes"] == r["episodes"] for r in history)
-    if training.get("num_learners", 1) > 1:  # the final policy was gathered from the shards
+    if learner.get("num_ranks", 1) > 1:  # the final policy was gathered from the shards
         assert (tmp_path / "algo" / "final" / "model.safetensors").stat().st_size > 1_000_000
-    if training.get("lora_rank"):  # a plain HF folder with the adapters merged in, and the adapters
+    if learner.get("lora_rank"):  # a plain HF folder with the adapters merged in, and the adapters
         from transformers import AutoModelForCausalLM
 
         final = tmp_path / "algo" / "final"

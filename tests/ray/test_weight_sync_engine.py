@@ -15,7 +15,7 @@ from rayrl import weight_sync
 from rayrl.actors.learner import ActorLearner
 from rayrl.actors.rollout import RolloutWorker
 from rayrl.actors.vllm_ext import WeightSyncExtension
-from rayrl.config import InferenceConfig, TrainingConfig
+from rayrl.config import InferenceConfig, LearnerConfig, TrainingConfig
 from rayrl.weight_sync import WeightSyncError, sync_engines
 
 
@@ -53,18 +53,13 @@ def start_pair(ray, tiny_model, lora_rank=0, worker=RolloutWorker):
         .options(num_cpus=1)
         .remote(
             tiny_model,
-            TrainingConfig(
-                learning_rate=1e-2,
-                autocast_dtype="float32",
-                kl_coef=0.0,
-                lora_rank=lora_rank,
-                lora_alpha=64.0,
-            ),
+            TrainingConfig(learning_rate=1e-2, kl_coef=0.0),
+            LearnerConfig(autocast_dtype="float32", lora_rank=lora_rank, lora_alpha=64.0),
             "float32",
         )
     )
     ray.get(started)
-    host, port = ray.get(learner.sync_address.remote())
+    host, port = ray.get(learner.group_address.remote())
     ray.get(
         [
             learner.init_weight_sync.remote(host, port, 2),

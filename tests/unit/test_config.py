@@ -38,10 +38,11 @@ def test_yaml_with_dotted_overrides(tmp_path):
         ("inference.backend=sglang", "inference.backend"),
         ("inference.max_tokens=1100", "inference.max_model_len"),
         ("training.adv_estimator=ppo", "training.adv_estimator"),
-        ("training.zero_stage=4", "training.zero_stage"),
+        ("learner.zero_stage=4", "learner.zero_stage"),
         ("critic.value_clip=-1", "critic.value_clip"),
         ("critic.num_ranks=0", "critic.num_ranks"),
-        ("training.num_references=0", "training.num_references"),
+        ("reference.num_ranks=0", "reference.num_ranks"),
+        ("learner.micro_batch_size=0", "learner.micro_batch_size"),
         ("environment.isolation=process", "environment.isolation"),
     ],
 )
@@ -66,19 +67,19 @@ def test_bad_values_name_the_key(override, names):
         ),
         (["training.target_kl=0.1", "training.kl_coef=0"], "target_kl", "training.kl_coef=0.1"),
         (
-            ["training.lora_rank=8", "training.strategy=deepspeed", "training.zero_stage=3"],
+            ["learner.lora_rank=8", "learner.strategy=deepspeed", "learner.zero_stage=3"],
             "lora_rank",
-            "training.zero_stage=2",
+            "learner.zero_stage=2",
         ),
         (
             ["ray.colocate_models=true", "critic.num_ranks=2", "training.adv_estimator=gae"],
-            r"critic\.num_ranks=2 .*training\.num_learners=1",
-            "training.num_learners=2",
+            r"critic\.num_ranks=2 .*learner\.num_ranks=1",
+            "learner.num_ranks=2",
         ),
         (
-            ["ray.colocate_models=true", "training.num_references=3", "training.num_learners=2"],
-            r"training\.num_references=3",
-            "training.num_learners=3",
+            ["ray.colocate_models=true", "reference.num_ranks=3", "learner.num_ranks=2"],
+            r"reference\.num_ranks=3",
+            "learner.num_ranks=3",
         ),
     ],
 )
@@ -140,10 +141,43 @@ def test_job_configs_are_valid():
 
 def test_keys_from_other_ray_trainers_are_rejected_with_the_keys_to_use():
     config = ConfigStore()
-    with pytest.raises(ConfigError, match="ray.num_actors is not a rayrl key.*inference.num_engines"):
+    with pytest.raises(ConfigError, match="ray.num_actors: unknown key.*inference.num_engines"):
         config.ray.num_actors = 4
-    with pytest.raises(ConfigError, match="ray.num_actors: unknown key.*training.num_learners"):
+    with pytest.raises(ConfigError, match="ray.num_actors: unknown key.*learner.num_ranks"):
         ConfigStore.from_dict({}, overrides=["ray.num_actors=4"])
     config.ray.use_ray = False
     with pytest.raises(ConfigError, match="ray.use_ray=false.*local single-node Ray"):
         config.check()
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("training.num_learners", "learner.num_ranks"),
+        ("training.num_references", "reference.num_ranks"),
+        ("training.micro_batch_size", "learner.micro_batch_size"),
+        ("training.strategy", "learner.strategy"),
+        ("training.lora_rank", "learner.lora_rank"),
+    ],
+)
+def test_keys_that_moved_to_a_role_section_say_where_they_went(old, new):
+    with pytest.raises(ConfigError, match=rf"{old}: unknown key.*{new}"):
+        ConfigStore.from_dict({}, overrides=[f"{old}=2"])
+    section, key = old.split(".")
+    with pytest.raises(ConfigError, match=rf"{old}: unknown key.*{new}"):
+        setattr(getattr(ConfigStore(), section), key, 2)
+
+
+def test_each_model_role_gets_its_own_section():
+    config = ConfigStore.from_dict(
+        {"learner": {"micro_batch_size": 4, "num_ranks": 2}, "reference": {"micro_batch_size": 32}},
+        overrides=["critic.micro_batch_size=8", "critic.strategy=deepspeed"],
+    )
+    assert (config.learner.micro_batch_size, config.reference.micro_batch_size) == (4, 32)
+    assert (config.critic.micro_batch_size, config.critic.strategy, config.learner.strategy) == (
+        8,
+        "deepspeed",
+        "torch",
+    )
+    assert "micro_batch_size" not in type(config.training).model_fields
+    assert set(config.to_dict()) >= {"training", "learner", "reference", "critic"}

@@ -1,4 +1,4 @@
-""""auto" dtypes pick bf16 only where the hardware has it."""
+""" "auto" dtypes pick bf16 only where the hardware has it."""
 
 from pathlib import Path
 
@@ -19,7 +19,7 @@ def test_auto_follows_the_cpu_flags(monkeypatch):
 
 def test_defaults_are_auto():
     config = ConfigStore()
-    assert config.inference.dtype == "auto" and config.training.autocast_dtype == "auto"
+    assert config.inference.dtype == "auto" and config.learner.autocast_dtype == "auto"
 
 
 @pytest.mark.parametrize("name", ["auto", "float32"])

@@ -43,6 +43,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal
@@ -913,7 +914,10 @@ class _MathCheckProcesses:
     One request per line in, one answer per line out (JSON). A check that does not answer
     within its deadline gets its process killed (the next check starts a fresh one), so
     a pathological reply costs its deadline and nothing after it. Processes start on
-    first use and exit with their parent (their stdin closes).
+    first use (warmed up: math_verify's parsers load before the first deadline runs) and
+    end with their parent: stdin closes, and on Linux the kernel kills them if the parent
+    dies mid-check. That signal follows the thread that started the process, so one
+    long-lived thread of the pool starts them all.
     """
 
     START_TIMEOUT_S = 120.0  # importing math_verify (SymPy) on a loaded 2-core machine
@@ -922,8 +926,12 @@ class _MathCheckProcesses:
         self._free: list[subprocess.Popen] = []
         self._slots = threading.BoundedSemaphore(size)
         self._lock = threading.Lock()
+        self._starter = ThreadPoolExecutor(1, thread_name_prefix="rayrl-math-check")
 
     def _start(self) -> subprocess.Popen:
+        return self._starter.submit(self._spawn).result()
+
+    def _spawn(self) -> subprocess.Popen:
         proc = subprocess.Popen(
             [sys.executable, "-c", "from rayrl.rewards import serve_math_checks; serve_math_checks()"],
             stdin=subprocess.PIPE,
@@ -968,8 +976,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def serve_math_checks() -> None:
     """Main loop of a math-check process (see `_MathCheckProcesses`)."""
-    import math_verify  # noqa: F401 - imported once, before saying ready
-
+    for response, reference in (("1", "1"), ("0.5", "\\frac{1}{2}")):  # load the parsers now
+        math_check(response, reference, None)
     if sys.platform.startswith("linux"):  # a check that never ends must not outlive its caller
         import ctypes
         import signal

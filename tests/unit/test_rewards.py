@@ -151,7 +151,12 @@ def test_correctness_off_the_main_thread_and_async():
     worker.start()
     worker.join()
     assert out["r"].score == 1.0  # no signal-based timeout outside the main thread
+    from rayrl.rewards import _MATH_CHECKS
+
+    pids = sorted(p.pid for p in _MATH_CHECKS._free)
     assert asyncio.run(reward.acompute(ep)).score == 1.0
+    # the check processes outlive the threads that asked for them
+    assert pids and sorted(p.pid for p in _MATH_CHECKS._free if p.poll() is None) == pids
 
 
 # SymPy evaluates this power tower for ever when comparing it with 1.

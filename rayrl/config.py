@@ -110,6 +110,7 @@ class InferenceConfig(_Section):
 Estimator = Literal[tuple(ESTIMATORS)]  # type: ignore[valid-type]
 KLEstimator = Literal["k1", "k2", "k3"]
 LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
+RolloutCorrection = Literal["none", "truncate", "mask"]
 
 
 class TrainingConfig(_Section):
@@ -149,6 +150,21 @@ class TrainingConfig(_Section):
 
     clip_ratio_c: float | None = Field(3.0, gt=1.0)
     """Dual-clip bound for negative advantages (None disables)."""
+
+    max_staleness: int = Field(0, ge=0)
+    """0: on-policy, every batch generated with the learner's newest weights. k >= 1: the
+    engines generate the next batch while the learner updates (`rayrl.pipeline`), with
+    weights at most k versions behind the learner's when the batch is trained on; needs a
+    `rollout_correction`."""
+
+    rollout_correction: RolloutCorrection = "none"
+    """Importance weighting of each token's policy loss by w = pi_learner / pi_engine (the
+    engines sample with their own numerics, or stale weights): "truncate" multiplies by
+    min(w, rollout_is_cap) (TIS), "mask" by w and drops tokens with w > rollout_is_cap (MIS),
+    "none" leaves the loss as is. The weights' statistics are logged either way."""
+
+    rollout_is_cap: float = Field(2.0, gt=1.0)
+    """Cap of the rollout importance weight (see `rollout_correction`)."""
 
     entropy_coef: float = Field(0.0, ge=0.0)
     """Weight of the entropy bonus in the policy loss."""
@@ -493,6 +509,11 @@ class ConfigStore(_Section):
             raise ConfigError(
                 "checkpoint.resume=auto continues the run named by checkpoint.run_name, which is "
                 "unset: name the run (checkpoint.run_name=...) or give checkpoint.resume=PATH"
+            )
+        if t.max_staleness and t.rollout_correction == "none":
+            raise ConfigError(
+                f"training.max_staleness={t.max_staleness} trains on samples from older weights: "
+                "set training.rollout_correction=truncate (or mask) to correct for them"
             )
         if t.target_kl is not None and t.kl_coef == 0:
             raise ConfigError("training.target_kl adapts training.kl_coef, which is 0 (no reference)")

@@ -4,7 +4,8 @@ Each role recovers the cheapest way that keeps training exact:
 
 - a rollout engine that dies while serving the step is replaced in its bundle, rejoins
   the weight-sync group, is loaded with the current weight version (the canary checks
-  it), and the episodes it was serving run again (`collect`);
+  it), and the episodes it was serving run again (`rayrl.pipeline` calls
+  `recover_engines`);
 - a reference rank, the agent loop or the scorer hold nothing that changes during a
   run: the dead actor is replaced in place and the step runs again from the same task
   sample (with `training.deterministic`, the same episodes);
@@ -26,10 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
-from rayrl.actors.agent_loop import EngineLost
 from rayrl.actors.scoring import Scorer
 from rayrl.placement import Role
-from rayrl.weight_sync import DEFAULT_BUCKET_BYTES, sync_engines
 
 if TYPE_CHECKING:
     from rayrl.trainer import RayPPOTrainer
@@ -80,19 +79,6 @@ class Recovery:
         self._step_rng = self.trainer.rng.getstate()
 
     # ---- engines ------------------------------------------------------------------
-    def collect(self, tasks: list, seed: int | None) -> tuple[Any, dict]:
-        """The step's batch (an object reference) and its stats; engines that die while
-        serving it are replaced (`recover_engines`) and their episodes re-run."""
-        t = self.trainer
-        refs = t.runner.collect.options(num_returns=2).remote(tasks, t.config.training.group_size, None, seed)
-        while True:
-            try:
-                return refs[0], ray.get(refs[1])
-            except EngineLost as lost:
-                logger.warning("%s; restarting them", lost)
-                self.recover_engines(lost.engines)
-                refs = t.runner.retry_lost.options(num_returns=2).remote(t.engines)
-
     def recover_engines(self, dead: list[int]) -> None:
         """Replace dead engines in their bundles, rebuild the sync group and load the current
         weights into every engine before any of them serves again."""
@@ -106,8 +92,9 @@ class Recovery:
         group = t.groups[Role.ROLLOUT]
         ray.get([group.restart(i).start.remote() for i in dead])  # a dead vLLM core's actor is killed
         t.join_weight_sync()
-        timeout = t.config.inference.sync_timeout_s
-        sync_engines(t.learners, t.engines, t.spec, t.version, DEFAULT_BUCKET_BYTES, timeout, bump=False)
+        # every engine gets the learner's current weights (with max_staleness > 0 the others
+        # catch up too; each token records the version that generated it)
+        t.sync_weights()
         self.engine_restarts += len(dead)
 
     # ---- any other role -----------------------------------------------------------
@@ -146,6 +133,7 @@ class Recovery:
                 "(set checkpoint.save_interval); stopping"
             ) from err
 
+        t.rollouts.reset()  # batches generated ahead are dropped
         if in_place:
             logger.warning("%s died (%s); restarting it and running step %d again", name, why, step + 1)
             if role == SCORER:

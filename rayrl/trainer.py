@@ -42,6 +42,7 @@ from rayrl.envs.source import EnvironmentSource
 from rayrl.hardware import resolve_dtype
 from rayrl.logs import LEVEL_VAR, driver_level
 from rayrl.model_store import resolve_model
+from rayrl.pipeline import RolloutPipeline
 from rayrl.placement import Role
 from rayrl.recovery import Recovery
 from rayrl.tracking import RunDirectory
@@ -108,6 +109,15 @@ def _as_rng_state(state: list) -> tuple:
     return tuple(tuple(x) if isinstance(x, list) else x for x in state)
 
 
+ROLE_CLASSES: dict[Role, type] = {
+    Role.ROLLOUT: RolloutWorker,
+    Role.LEARNER: ActorLearner,
+    Role.REFERENCE: ReferenceWorker,
+    Role.CRITIC: Critic,
+    Role.AGENT_LOOP: EpisodeRunner,
+}
+
+
 class RayPPOTrainer:
     """Trains a policy with PPO-family updates on Ray actors (rollout, reference, critic,
     actor-learner, agent loop): PPO with a critic (`adv_estimator: gae`) or a critic-free
@@ -160,9 +170,12 @@ class RayPPOTrainer:
         self.scorer = None
         self.kl_ctl = KLController(config.training.kl_coef, config.training.target_kl)
         self.overlap_roles = False
-        self.version = 0
+        self.version = 0  # the policy's weight version: updates so far
+        self.engine_version = 0  # the version the engines hold (behind it with max_staleness > 0)
         self.start_step = 0  # a resumed run's first step
+        self.role_classes = dict(ROLE_CLASSES)  # a subclass per role may replace one, before setup
         self.recovery = Recovery(self)
+        self.rollouts = RolloutPipeline(self)
         self._callback_state: dict | None = None
         self.rng = random.Random(config.training.seed)
 
@@ -200,19 +213,23 @@ class RayPPOTrainer:
         )
         n = placement.roles_for(cfg)
         # Every role as (class, constructor arguments of member i): what a restart rebuilds.
+        cls = self.role_classes
         declared: dict[Role, tuple[type, Callable[[int], tuple]]] = {
-            Role.ROLLOUT: (RolloutWorker, lambda i: (model_path, engine_cfg, i)),
+            Role.ROLLOUT: (cls[Role.ROLLOUT], lambda i: (model_path, engine_cfg, i)),
             Role.LEARNER: (
-                ActorLearner,
+                cls[Role.LEARNER],
                 lambda r: (model_path, cfg.training, cfg.learner, engine_cfg.dtype, r, n[Role.LEARNER]),
             ),
             Role.REFERENCE: (
-                ReferenceWorker,
+                cls[Role.REFERENCE],
                 lambda r: (model_path, cfg.reference, r, n.get(Role.REFERENCE)),
             ),
-            Role.CRITIC: (Critic, lambda r: (critic_path, cfg.training, cfg.critic, r, n.get(Role.CRITIC))),
+            Role.CRITIC: (
+                cls[Role.CRITIC],
+                lambda r: (critic_path, cfg.training, cfg.critic, r, n.get(Role.CRITIC)),
+            ),
             Role.AGENT_LOOP: (
-                EpisodeRunner,
+                cls[Role.AGENT_LOOP],
                 lambda _: (
                     model_path,
                     cfg.environment,
@@ -332,6 +349,7 @@ class RayPPOTrainer:
                 step += 1
                 bar.update(1)
                 bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['kl']:.4f}")
+            self.rollouts.finish()  # the engines serve the final policy
             if self.stop_reason is not None:
                 logger.info("stopping after epoch %d: %s", step, self.stop_reason)
         except BaseException:
@@ -346,19 +364,18 @@ class RayPPOTrainer:
 
     def train_step(self, step: int) -> dict[str, Any]:
         """One iteration: rollout, reference, score (advantages), update, sync, log."""
-        cfg, t_cfg = self.config, self.config.training
+        t_cfg = self.config.training
         times: dict[str, float] = {}
         t_step = time.perf_counter()
 
-        # 1. rollout: episodes run in the agent-loop actor; the batch stays in the object store
+        # 1. rollout: episodes run in the agent-loop actor (generated ahead of the learner
+        #    with training.max_staleness > 0: rayrl.pipeline); the batch stays in the object store
         log = self._phase_logger(step)
         log("rollout (%d episodes)", t_cfg.batch_size)
         t = time.perf_counter()
-        n_groups = t_cfg.batch_size // t_cfg.group_size
         self.recovery.begin_step()
-        tasks = sample_tasks(cfg.environment, n_groups, self.rng, env_source=self.env_source)
-        seed = t_cfg.seed * 1_000_003 + step if t_cfg.deterministic else None
-        batch_ref, stats = self.recovery.collect(tasks, seed)  # dead engines replaced, their episodes re-run
+        batch_ref, stats = self.rollouts.batch(step)
+        stats["staleness"] = {self.version - v: n for v, n in stats["token_versions"].items()}
         times["rollout"] = time.perf_counter() - t
         self._warn_once(stats["warnings"])
 
@@ -393,14 +410,15 @@ class RayPPOTrainer:
         update = ray.get([r.update.remote(train_ref, self.kl_ctl.value) for r in self.learners])[0]
         if critic_refs:
             update.update(ray.get(critic_refs)[0])
+        self.version += 1
         update["kl_coef"] = self.kl_ctl.value
         self.kl_ctl.update(update.get("kl", 0.0) or score.get("kl_reward", 0.0), t_cfg.batch_size)
         times["update"] = time.perf_counter() - t
 
-        # 5. sync weights into every engine
+        # 5. sync weights into every engine (with max_staleness > 0, when the next batch needs it)
         log("weight sync")
         t = time.perf_counter()
-        sync = self.sync_weights()
+        sync = self.rollouts.after_update()
         times["sync"] = time.perf_counter() - t
 
         # 6. log
@@ -476,7 +494,7 @@ class RayPPOTrainer:
             "weight_version": self.version,
             "kl_coef": self.kl_ctl.value,
             "learning_rate": self.learning_rate,
-            "task_rng": self.rng.getstate(),
+            "task_rng": self.rollouts.sampler_state(),
             "callbacks": self.callbacks.state_dict(),
         }
         path = self.checkpoints.commit(tmp, step, state)
@@ -489,10 +507,7 @@ class RayPPOTrainer:
         ray.get([r.load_state.remote(str(checkpoint / "learner")) for r in self.learners])
         ray.get([c.load_state.remote(str(checkpoint / "critic_state")) for c in self.critics])
         self.version = state["weight_version"]
-        timeout = self.config.inference.sync_timeout_s  # the engines serve the checkpoint's policy
-        sync_engines(
-            self.learners, self.engines, self.spec, self.version, DEFAULT_BUCKET_BYTES, timeout, bump=False
-        )
+        self.sync_weights()  # the engines serve the checkpoint's policy
         self.kl_ctl.value = state["kl_coef"]
         self.learning_rate = state["learning_rate"]
         self.rng.setstate(_as_rng_state(state["task_rng"]))
@@ -519,17 +534,17 @@ class RayPPOTrainer:
             logger.warning("training stopped early and the policy could not be saved", exc_info=True)
 
     def sync_weights(self) -> dict[str, Any]:
-        """Broadcast the learner's weights into every engine (weight version + 1), within
+        """Broadcast the learner's weights (version `self.version`) into every engine, within
         `inference.sync_timeout_s`, and check each engine loaded them (`weight_sync.sync_engines`)."""
         timeout = self.config.inference.sync_timeout_s
         sync = sync_engines(
-            self.learners, self.engines, self.spec, self.version + 1, DEFAULT_BUCKET_BYTES, timeout
+            self.learners, self.engines, self.spec, self.version, DEFAULT_BUCKET_BYTES, timeout
         )
         if sync["canary_tensors"] == 0:
             self._warn_once(
                 ["weight sync: the engines hold none of the fingerprinted tensors; loads are unchecked"]
             )
-        self.version = sync["version"]
+        self.engine_version = self.version
         return sync
 
     def evaluate(self, num_tasks: int, held_out: bool = True, seed: int = 1234) -> dict[str, float]:
@@ -549,8 +564,12 @@ class RayPPOTrainer:
             "episodes": len(stats["rewards"]),
         }
 
-    def _metrics(self, step: int, stats: dict, update: dict, sync: dict, times: dict) -> dict[str, Any]:
+    def _metrics(
+        self, step: int, stats: dict, update: dict, sync: dict | None, times: dict
+    ) -> dict[str, Any]:
         rewards = np.asarray(stats["rewards"], dtype=np.float64)
+        stale = stats["staleness"]  # versions behind the learner -> tokens
+        tokens = max(sum(stale.values()), 1)
         return {
             "step": step + 1,
             "epoch": step + 1,  # the integration example's name for an iteration
@@ -582,6 +601,10 @@ class RayPPOTrainer:
                     "entropy",
                     "grad_norm",
                     "logprob_gap",
+                    "is_weight_mean",
+                    "is_weight_max",
+                    "is_beyond_cap",
+                    "mismatch_kl",
                 )
             },
             **{
@@ -601,9 +624,13 @@ class RayPPOTrainer:
                 if k in update
             },
             **{f"env_{k}": float(np.mean(v)) for k, v in stats.get("info", {}).items() if v},
-            "weight_version": sync["version"],
-            "sync_gb_per_s": sync["bytes"] / max(sync["seconds"], 1e-9) / 1e9,
-            "sync_checked_tensors": sync["canary_tensors"],
+            "weight_version": self.version,
+            "engine_weight_version": self.engine_version,
+            "staleness_mean": sum(k * n for k, n in stale.items()) / tokens,
+            "staleness_max": max(stale, default=0),
+            "synced": int(sync is not None),
+            "sync_gb_per_s": sync["bytes"] / max(sync["seconds"], 1e-9) / 1e9 if sync else 0.0,
+            "sync_checked_tensors": sync["canary_tensors"] if sync else 0,
             **{f"time_{k}": v for k, v in times.items()},
         }
 

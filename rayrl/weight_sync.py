@@ -222,10 +222,10 @@ def sync_engines(
     version: int,
     bucket_bytes: int,
     timeout_s: float,
-    bump: bool = True,
 ) -> dict:
-    """Broadcast the learner ranks' weights into every engine as `version`, then prove it
-    (`bump=False`: resend the current version, e.g. into a restarted engine).
+    """Broadcast the learner ranks' weights into every engine as `version` (the policy's
+    version: updates so far; resending a version, e.g. into a restarted engine, is fine),
+    then prove it.
 
     Every call has one deadline: a rank or engine that has not finished after `timeout_s`
     fails the sync (the group's own collective timeout then frees the others). After
@@ -239,7 +239,7 @@ def sync_engines(
     import ray
 
     receives = [e.receive_weights.remote(spec, bucket_bytes, version) for e in engines]
-    sends = [r.broadcast_weights.remote(bucket_bytes, bump) for r in learners]
+    sends = [r.broadcast_weights.remote(bucket_bytes, version) for r in learners]
     names = {
         **{s: f"learner rank {i}" for i, s in enumerate(sends)},
         **{r: f"engine {i}" for i, r in enumerate(receives)},

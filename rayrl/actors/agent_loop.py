@@ -24,6 +24,7 @@ import inspect
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,9 @@ class Episode:
     turn_rewards: list[float] = field(default_factory=list)
     truncated: bool = False
     lost_engine: int | None = None  # index of the engine that died serving this episode
+    versions: list[int] = field(
+        default_factory=list
+    )  # per token: weight version that generated it, -1 if none
 
 
 @dataclass
@@ -236,6 +240,7 @@ class EpisodeRunner:
         ids, messages = self.prompt_ids(first)
         mask = [0] * len(ids)
         logprobs = [0.0] * len(ids)
+        versions = [-1] * len(ids)
         reward, info, error, turns, truncated = 0.0, {}, None, 0, False
         for _ in range(self.max_turns):
             budget = min(self.inference.max_tokens, self.inference.max_model_len - len(ids) - 1)
@@ -253,6 +258,7 @@ class EpisodeRunner:
             ids += gen.token_ids
             mask += [1] * len(gen.token_ids)
             logprobs += gen.logprobs
+            versions += [gen.weight_version] * len(gen.token_ids)
             text = self.tokenizer.decode(gen.token_ids, skip_special_tokens=True)
             history = messages
             messages = messages + [{"role": "assistant", "content": text}]
@@ -269,7 +275,19 @@ class EpisodeRunner:
             ids += feedback
             mask += [0] * len(feedback)
             logprobs += [0.0] * len(feedback)
-        episode = Episode(ids, mask, logprobs, reward, group, turns, dict(info), error, truncated=truncated)
+            versions += [-1] * len(feedback)
+        episode = Episode(
+            ids,
+            mask,
+            logprobs,
+            reward,
+            group,
+            turns,
+            dict(info),
+            error,
+            truncated=truncated,
+            versions=versions,
+        )
         if self.reward_fn is not None:
             await self._rescore(episode, task, messages)
         return episode
@@ -374,8 +392,11 @@ class EpisodeRunner:
                 "turn_rewards": pa.array([e.turn_rewards for e in kept], type=pa.list_(pa.float64())),
                 "group": pa.array([e.group for e in kept], type=pa.int64()),
                 "num_turns": pa.array([e.num_turns for e in kept], type=pa.int32()),
+                # the weight version that generated each token (-1: prompt and observations)
+                "weight_version": pa.array([e.versions for e in kept], type=pa.list_(pa.int32())),
             }
         )
+        generated = Counter(v for e in kept for v, m in zip(e.versions, e.loss_mask, strict=True) if m)
         stats = {
             "rewards": [e.reward + sum(e.turn_rewards) for e in kept],
             "groups": [e.group for e in kept],
@@ -393,6 +414,7 @@ class EpisodeRunner:
             "reward_timeouts": self.reward_timeouts,
             "episodes_retried": self.episodes_retried,
             "seconds": seconds,
+            "token_versions": dict(generated),  # weight version -> trainable tokens it generated
         }
         return table, stats
 

@@ -29,16 +29,26 @@ from rayrl.actors.strategy import (
     OptimizerSettings,
     init_distributed,
     make_strategy,
+    max_over_ranks,
     mini_batches,
     rendezvous_address,
     sum_over_ranks,
 )
-from rayrl.algorithms import aggregate_loss, compute_policy_loss, kl_penalty
+from rayrl.algorithms import aggregate_loss, compute_policy_loss, kl_penalty, rollout_correction
 from rayrl.config import LearnerConfig, TrainingConfig
 from rayrl.hardware import resolve_dtype
 
 # Per-token metrics summed over the batch's trainable tokens (then divided by their count).
-_SUMMED = ("policy_loss", "kl", "clip_frac", "entropy", "logprob_gap")
+_SUMMED = (
+    "policy_loss",
+    "kl",
+    "clip_frac",
+    "entropy",
+    "logprob_gap",
+    "is_weight_mean",
+    "is_beyond_cap",
+    "mismatch_kl",
+)
 
 
 class ActorLearner:
@@ -123,7 +133,7 @@ class ActorLearner:
         seqs = modeling.SequenceBatch(batch)
         zero = dict.fromkeys((*_SUMMED, "total_loss"), 0.0)
         if len(seqs) == 0:  # every group filtered out: nothing to learn from this batch
-            return {**zero, "grad_norm": 0.0, "train_tokens": 0, "sequences": 0}
+            return {**zero, "is_weight_max": 0.0, "grad_norm": 0.0, "train_tokens": 0, "sequences": 0}
         adv_tok = torch.from_numpy(modeling.trainable_values(batch, "advantages"))
         use_kl_loss = cfg.kl_mode == "loss" and "ref_logprobs" in batch.column_names
         ref = torch.from_numpy(modeling.trainable_values(batch, "ref_logprobs")) if use_kl_loss else None
@@ -140,7 +150,7 @@ class ActorLearner:
         keys = _SUMMED
         sums = dict.fromkeys(keys, 0.0)
         grad_norms, losses = [], []
-        seen_tokens = 0
+        seen_tokens, is_max = 0, 0.0
         self.model.train()
         for epoch, mini, n_tok in mini_batches(seqs, cfg, self.rng):
             self.strategy.zero_grad()
@@ -164,7 +174,11 @@ class ActorLearner:
                     cfg.clip_ratio_high,
                     cfg.clip_ratio_c,
                 )
-                token_loss = pg
+                behaviour = rollout_lp[idx].to(self.device)
+                is_weight, beyond = rollout_correction(
+                    old, behaviour, cfg.rollout_correction, cfg.rollout_is_cap
+                )
+                token_loss = pg * is_weight
                 kl = None
                 if ref is not None:
                     kl = kl_penalty(lp, ref[idx].to(self.device), cfg.kl_estimator)
@@ -189,6 +203,13 @@ class ActorLearner:
                     sums["entropy"] += float(entropy.detach().sum())
                     gap = (lp.detach().float().cpu() - rollout_lp[idx]).abs()
                     sums["logprob_gap"] += float(gap.sum())
+                    # engine vs learner at the start of the update: importance weights and
+                    # KL(engine || learner) (k3, with the engine's samples)
+                    raw = torch.exp((old - behaviour).clamp(-20.0, 20.0)).double()
+                    sums["is_weight_mean"] += float(raw.sum())
+                    sums["is_beyond_cap"] += float((raw > cfg.rollout_is_cap).sum())
+                    sums["mismatch_kl"] += float((raw - 1.0 - raw.log()).sum())
+                    is_max = max(is_max, float(raw.max())) if len(raw) else is_max
                     seen_tokens += len(idx)
             grad_norms.append(self.strategy.step())
             losses.append(mini_loss)
@@ -199,6 +220,7 @@ class ActorLearner:
         modeling.release_memory(self.device, self.config.release_memory)
         denom = max(seen_tokens, 1)
         metrics = {k: v / denom for k, v in sums.items()}
+        metrics["is_weight_max"] = max_over_ranks([is_max], self.world_size)[0]
         metrics.update(
             total_loss=float(np.mean(losses)),
             grad_norm=float(np.mean(grad_norms)),
@@ -223,16 +245,14 @@ class ActorLearner:
         self._group = weight_sync.init_group(host, port, 0, world_size, backend, timeout_s)
         return backend
 
-    def broadcast_weights(
-        self, bucket_bytes: int = weight_sync.DEFAULT_BUCKET_BYTES, bump: bool = True
-    ) -> dict:
+    def broadcast_weights(self, bucket_bytes: int, version: int) -> dict:
         """Send the current weights to every engine (rank 0; the other ranks only take part
         in the ZeRO-3 gather); returns bytes, seconds, version and the fingerprint of what
         was sent (see `weight_sync.fingerprint`).
 
         Args:
             bucket_bytes: bucket size; the receivers must be given the same number.
-            bump: count this as a new weight version.
+            version: the policy version being sent (the trainer counts updates).
         """
         if self.rank == 0 and self._group is None:
             raise RuntimeError("init_weight_sync() has not run")
@@ -245,7 +265,7 @@ class ActorLearner:
                 sent = weight_sync.send_weights(self._group, weights, self._spec, bucket_bytes, self.device)
                 names = weight_sync.fingerprint_names(self._spec)
                 prints = weight_sync.fingerprint(weights, names, self.sync_dtype)
-        self.version += int(bump)  # False: the same version again (a restarted engine)
+        self.version = version
         seconds = time.perf_counter() - t0
         return {"bytes": sent, "seconds": seconds, "version": self.version, "fingerprint": prints}
 

@@ -161,6 +161,15 @@ def sum_over_ranks(values: list[float], world_size: int) -> list[float]:
     return local.tolist()
 
 
+def max_over_ranks(values: list[float], world_size: int) -> list[float]:
+    """Element-wise maximum of `values` over the ranks of the default group."""
+    if world_size == 1:
+        return list(values)
+    local = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(local, op=dist.ReduceOp.MAX)
+    return local.tolist()
+
+
 class TorchStrategy(_DataParallel):
     """Plain torch AdamW, gradients summed over ranks by hand (see the module docstring)."""
 

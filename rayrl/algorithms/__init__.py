@@ -27,7 +27,14 @@ _EXPORTS = {
     **dict.fromkeys(["informative_groups", "normalize_rewards"], "filters"),
     **dict.fromkeys(["KLController", "apply_kl_to_rewards", "kl_penalty"], "kl"),
     **dict.fromkeys(
-        ["aggregate_loss", "compute_policy_loss", "compute_value_loss", "entropy_from_logits"], "losses"
+        [
+            "aggregate_loss",
+            "compute_policy_loss",
+            "compute_value_loss",
+            "entropy_from_logits",
+            "rollout_correction",
+        ],
+        "losses",
     ),
     **dict.fromkeys(["masked_mean", "masked_whiten", "pad_tokens", "unpad_tokens"], "masked"),
     **dict.fromkeys(["ESTIMATORS", "EstimatorTraits"], "registry"),

@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 
 LossAggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
+RolloutCorrection = Literal["none", "truncate", "mask"]
 
 
 def aggregate_loss(
@@ -81,6 +82,39 @@ def compute_policy_loss(
         loss = torch.where(dual, cap, loss)
         was_clipped = was_clipped | dual
     return loss, was_clipped.to(logprobs.dtype)
+
+
+def rollout_correction(
+    logprobs: torch.Tensor,
+    rollout_logprobs: torch.Tensor,
+    mode: RolloutCorrection = "truncate",
+    cap: float = 2.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token importance weights that correct for sampling by another policy than the
+    one the loss is taken under: the engines' (behaviour, `rollout_logprobs`: a stale
+    weight version, or the same weights in another numerics) against the learner's
+    (`logprobs`, the PPO proximal policy).
+
+    w = exp(logprobs - rollout_logprobs), no gradient. "truncate" (TIS): min(w, cap);
+    "mask" (MIS): w, and 0 for tokens with w > cap (they leave the loss); "none": 1.
+    Multiply each token's policy loss by its weight.
+
+    Returns:
+        (weights, 0/1 float: where w > cap), both shaped like `logprobs`.
+    """
+    if cap <= 1.0:
+        raise ValueError(f"cap must be > 1, got {cap}")
+    w = torch.exp((logprobs.detach() - rollout_logprobs).clamp(-20.0, 20.0))
+    beyond = w > cap
+    if mode == "none":
+        weights = torch.ones_like(w)
+    elif mode == "truncate":
+        weights = w.clamp(max=cap)
+    elif mode == "mask":
+        weights = torch.where(beyond, torch.zeros_like(w), w)
+    else:
+        raise ValueError(f"unknown rollout correction {mode!r}")
+    return weights, beyond.to(w.dtype)
 
 
 def compute_value_loss(

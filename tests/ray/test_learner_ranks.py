@@ -108,6 +108,31 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_model):
     assert recomputed["total_loss"] == pytest.approx(plain["total_loss"], rel=1e-5, abs=1e-7)
 
 
+def test_rollout_correction_weighs_each_tokens_policy_loss(tiny_model):
+    """Engine log-probs far below the learner's make every weight exceed the cap: truncation
+    scales the policy loss by exactly the cap, masking removes every token from it."""
+    batch = global_batch()
+    far = [[lp - 30.0 for lp in row] for row in batch.column("rollout_logprobs").to_pylist()]
+    batch = batch.set_column(
+        batch.column_names.index("rollout_logprobs"),
+        "rollout_logprobs",
+        pa.array(far, type=pa.list_(pa.float32())),
+    )
+    results = {}
+    for mode in ("none", "truncate", "mask"):
+        cfg = learner_config(tiny_model, kl_coef=0.0, rollout_correction=mode, rollout_is_cap=2.0)
+        results[mode] = ActorLearner(tiny_model, cfg.training, cfg.learner, "float32").update(batch)
+    none, truncate, mask = results["none"], results["truncate"], results["mask"]
+    assert truncate["total_loss"] == pytest.approx(2.0 * none["total_loss"], rel=1e-5)
+    assert truncate["grad_norm"] == pytest.approx(2.0 * none["grad_norm"], rel=1e-4)
+    assert mask["total_loss"] == 0.0 and mask["grad_norm"] == 0.0
+    for row in results.values():  # the statistics do not depend on the mode
+        assert (
+            row["is_beyond_cap"] == 1.0 and row["is_weight_max"] > 1e8
+        )  # exp of the log-ratio clamped at 20
+        assert row["mismatch_kl"] > 20  # k3 of a log-ratio of ~30
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
 def test_release_memory_returns_an_updates_activations_to_the_system(tiny_model):
     """An idle learner should hold its weights and optimizer state, not its activation peak."""

@@ -20,6 +20,7 @@ from rayrl.algorithms import (
     informative_groups,
     normalize_rewards,
     pad_tokens,
+    rollout_correction,
     unpad_tokens,
 )
 
@@ -245,3 +246,27 @@ def test_group_filter_and_reward_normalisation():
     std = math.sqrt(sum((x - mean) ** 2 for x in rewards.tolist()) / 6)
     assert normed.tolist() == pytest.approx([(x - mean) / std for x in rewards.tolist()])
     assert normalize_rewards(torch.ones(4, dtype=f64)).tolist() == [0.0] * 4
+
+
+@pytest.mark.parametrize("mode", ["none", "truncate", "mask"])
+def test_rollout_correction_against_a_reference(mode):
+    """Weights for the engine/learner gap: TIS truncates w = pi/mu at the cap, MIS drops the
+    tokens beyond it, "none" weighs every token 1; tokens beyond the cap are flagged."""
+    rng = random.Random(3)
+    learner = [rng.uniform(-4.0, 0.0) for _ in range(64)]
+    engine = [x + rng.uniform(-1.5, 1.5) for x in learner]
+    cap = 1.5
+    weights, beyond = rollout_correction(
+        torch.tensor(learner, dtype=f64), torch.tensor(engine, dtype=f64), mode, cap
+    )
+    flagged = 0
+    for i, (a, b) in enumerate(zip(learner, engine, strict=True)):
+        ratio = math.exp(a - b)
+        expected = {"none": 1.0, "truncate": min(ratio, cap), "mask": 0.0 if ratio > cap else ratio}[mode]
+        assert float(weights[i]) == pytest.approx(expected, rel=1e-12)
+        assert float(beyond[i]) == float(ratio > cap)
+        flagged += ratio > cap
+    assert 0 < flagged < len(learner)  # the draw has tokens on both sides of the cap
+    assert not weights.requires_grad
+    with pytest.raises(ValueError, match="cap"):
+        rollout_correction(torch.zeros(2), torch.zeros(2), "truncate", 1.0)

@@ -60,7 +60,12 @@ def run(tiny_model, tmp_path, k: int, slow: dict, epochs: int = 5):
 
 @pytest.mark.parametrize(
     ("k", "slow"),
-    [(1, {Role.LEARNER: SlowLearner}), (2, {Role.ROLLOUT: SlowEngine})],
+    [
+        pytest.param(
+            1, {Role.LEARNER: SlowLearner}, marks=pytest.mark.slow
+        ),  # 67 s; the bound is the same code
+        (2, {Role.ROLLOUT: SlowEngine}),
+    ],
     ids=["k1_slow_learner", "k2_slow_engine"],
 )
 def test_staleness_stays_within_k_whichever_side_is_slow(ray_local, tiny_model, tmp_path, k, slow):

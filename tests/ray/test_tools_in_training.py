@@ -84,6 +84,7 @@ def test_tools_run_in_training_on_each_episodes_own_environment(ray_local, tiny_
     assert env.step_count == 0 and env.episode_reward == 0.0
 
 
+@pytest.mark.slow  # a warning path; the tool counts themselves are checked in the default run
 def test_reward_reading_tool_counts_without_tools_warns_once(ray_local, tiny_model, tmp_path, caplog):
     game_env, _ = _seed_modules()
     config = tiny_config(

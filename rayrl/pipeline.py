@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 @dataclass
 class _Started:
-    step: int
     refs: Any  # (batch, stats) object references of the agent loop's collect
     rng_before: Any  # the task sampler's state before this batch's tasks were drawn
 
@@ -55,7 +54,7 @@ class RolloutPipeline:
         )
         seed = cfg.seed * 1_000_003 + step if cfg.deterministic else None
         refs = t.runner.collect.options(num_returns=2).remote(tasks, cfg.group_size, None, seed)
-        self.started.append(_Started(step, refs, rng_before))
+        self.started.append(_Started(refs, rng_before))
 
     def batch(self, step: int) -> tuple[Any, dict]:
         """Step `step`'s batch (an object reference) and its stats. Engines that die while

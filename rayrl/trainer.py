@@ -301,7 +301,7 @@ class RayPPOTrainer:
 
     @property
     def runner(self):
-        return self.members(Role.AGENT_LOOP)[0] if Role.AGENT_LOOP in self.groups else None
+        return next(iter(self.members(Role.AGENT_LOOP)), None)
 
     def join_weight_sync(self) -> None:
         """(Re)build the weight-sync group: learner rank 0, engine i rank i + 1."""

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Any
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
@@ -245,18 +244,11 @@ class RoleGroup:
         self.placement, self.role, self.cls = placement, role, cls
         self.args_of, self.actor_options = args_of, actor_options
         self.members = [self._spawn(i) for i in range(placement.spec(role).count)]
-        self.restarts = 0
 
     def _spawn(self, i: int):
         return self.placement.spawn(
             self.role, self.cls, *self.args_of(i), index=i, actor_options=self.actor_options
         )
-
-    def __len__(self) -> int:
-        return len(self.members)
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.members)
 
     def __getitem__(self, i: int):
         return self.members[i]
@@ -264,10 +256,6 @@ class RoleGroup:
     def call(self, method: str, *args, **kwargs) -> list[ray.ObjectRef]:
         """`method(*args, **kwargs)` on every member; their object references in rank order."""
         return [getattr(m, method).remote(*args, **kwargs) for m in self.members]
-
-    def get(self, method: str, *args, timeout: float | None = None, **kwargs) -> list:
-        """`call`, waiting for the results."""
-        return ray.get(self.call(method, *args, **kwargs), timeout=timeout)
 
     def join(self) -> list[ray.ObjectRef]:
         """Form the role's collective group: every member joins at rank 0's address."""
@@ -286,7 +274,6 @@ class RoleGroup:
         still runs); the caller rejoins it to whatever group it belonged to."""
         _kill(self.members[i])
         self.members[i] = self._spawn(i)
-        self.restarts += 1
         logger.warning("restarted %s %d", self.role.value, i)
         return self.members[i]
 

@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from rayrl.config import (
+    AgentRunConfig,
     CheckpointConfig,
     ConfigError,
     ConfigStore,
@@ -52,6 +53,18 @@ _LAZY = {
     **dict.fromkeys(["train", "train_sync", "AutoTrainer", "PROFILES"], "rayrl.training.train"),
     **dict.fromkeys(["Callback", "EarlyStopping"], "rayrl.training.callbacks"),
     "DiagnosticsMonitor": "rayrl.training.diagnostics",
+    **dict.fromkeys(
+        [
+            "AgentPrompt",
+            "BundledGenerationOutputs",
+            "EnvironmentService",
+            "GenerationConfig",
+            "Trajectory",
+            "register_agent",
+            "register_env",
+        ],
+        "rayrl.agent.async_agent",
+    ),
     "AutoAdjust": "rayrl.training.auto",
     **dict.fromkeys(
         [

@@ -323,6 +323,43 @@ class EnvironmentConfig(_Section):
     """Environment-specific settings, validated by the environment itself."""
 
 
+class AgentRunConfig(_Section):
+    """The user's own agent, playing the episodes instead of the built-in loop: a
+    queue-driven agent (`name`) or a function written against the `openai` client
+    (`function`); the environment section still draws the tasks."""
+
+    name: str | None = None
+    """A queue-driven agent registered with `rayrl.register_agent` (built in:
+    "math-multi-turn"), or `module:Class` / `path/file.py:Class`."""
+
+    args: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the agent class (`tokenizer` and `group_size` are given when
+    its constructor takes them)."""
+
+    env: str = "math-single-step"
+    """Environment service of a queue-driven agent (`rayrl.register_env`, or `module:Class`)."""
+
+    env_args: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the environment service."""
+
+    function: str | None = None
+    """`module:function` or `path/file.py:function`: `async def run(client, task) -> float`,
+    run per episode with an `openai.AsyncOpenAI` client pointed at the run's endpoint."""
+
+    host: str = "127.0.0.1"
+    """Address the OpenAI-compatible endpoint binds (loopback keeps it on the node)."""
+
+    port: int = Field(0, ge=0, le=65535)
+    """Its port (0: any free one)."""
+
+    on_rewrite: Literal["split", "refuse"] = "split"
+    """A request that does not extend the episode's previous tokens (the agent rewrote its
+    history): train on each part separately, or drop the episode (counted)."""
+
+    episode_timeout_s: float = Field(600.0, gt=0.0)
+    """Longest an agent function may take for one episode (it then scores nothing)."""
+
+
 class CheckpointConfig(_Section):
     run_dir: str = "runs"
     """Folder under which each run gets its own directory."""
@@ -403,6 +440,7 @@ _SECTIONS = (
     "reference",
     "critic",
     "environment",
+    "agent",
     "checkpoint",
     "ray",
 )
@@ -425,6 +463,8 @@ class ConfigStore(_Section):
     """Value model (only with adv_estimator=gae)."""
     environment: EnvironmentConfig = Field(default_factory=EnvironmentConfig)
     """Episodes."""
+    agent: AgentRunConfig = Field(default_factory=AgentRunConfig)
+    """The user's own agent (optional)."""
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     """Run directory and saving."""
     ray: RayConfig = Field(default_factory=RayConfig)
@@ -514,6 +554,11 @@ class ConfigStore(_Section):
             raise ConfigError(
                 f"training.max_staleness={t.max_staleness} trains on samples from older weights: "
                 "set training.rollout_correction=truncate (or mask) to correct for them"
+            )
+        if self.agent.name and self.agent.function:
+            raise ConfigError(
+                "agent.name and agent.function both set: a run has one agent, a queue-driven "
+                "class (agent.name) or an OpenAI-client function (agent.function)"
             )
         if t.target_kl is not None and t.kl_coef == 0:
             raise ConfigError("training.target_kl adapts training.kl_coef, which is 0 (no reference)")

@@ -28,6 +28,7 @@ import ray
 from tqdm import tqdm
 
 from rayrl import placement
+from rayrl.actors.agent_drivers import plan_agent
 from rayrl.actors.agent_loop import EpisodeRunner, sample_tasks
 from rayrl.actors.critic import Critic
 from rayrl.actors.learner import ActorLearner
@@ -156,7 +157,9 @@ class RayPPOTrainer:
             else None
         )
         self.reward_fn = reward_fn or config.training.reward_fn
-        for obj in [*(self.env_source.user_objects if self.env_source else []), reward_fn]:
+        self.agent = plan_agent(config.agent)  # the user's agent, resolved where it was registered
+        agent_objects = [self.agent.agent, self.agent.env] if self.agent else []
+        for obj in [*(self.env_source.user_objects if self.env_source else []), reward_fn, *agent_objects]:
             _ship_by_value(obj)
         self.callbacks = CallbackList(callbacks or [])
         self.stop_reason: str | None = None
@@ -240,6 +243,8 @@ class RayPPOTrainer:
                     cfg.training.batch_size,
                     cfg.training.reward_timeout_s,
                     p.strategy(Role.AGENT_LOOP),  # environment hosts share its bundle
+                    self.agent,
+                    cfg.training.group_size,
                 ),
             ),
         }
@@ -624,6 +629,7 @@ class RayPPOTrainer:
                 if k in update
             },
             **{f"env_{k}": float(np.mean(v)) for k, v in stats.get("info", {}).items() if v},
+            **{f"agent_{k}": v for k, v in stats.get("agent", {}).items()},
             "weight_version": self.version,
             "engine_weight_version": self.engine_version,
             "staleness_mean": sum(k * n for k, n in stale.items()) / tokens,

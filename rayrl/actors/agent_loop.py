@@ -31,7 +31,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from rayrl.actors.agent_drivers import AgentPlan, FunctionAgentDriver, QueueAgentDriver
 from rayrl.actors.env_host import EnvironmentFailure, EnvironmentPool, new_environment
+from rayrl.agent.async_agent import AgentPrompt
+from rayrl.agent.chat_tokens import ChatTokens
 from rayrl.config import ConfigError, EnvironmentConfig, InferenceConfig
 from rayrl.envs import BaseEnvironment
 from rayrl.envs.source import EnvironmentSource
@@ -44,8 +47,6 @@ NO_TOOLS_WARNING = (
     "so every tool count is 0: pass tool_manager= (the MultiTurnManager holding the tools) "
     "to RayPPOTrainer"
 )
-
-_PLACEHOLDER = "\x00RAYRL_ASSISTANT\x00"
 
 
 @dataclass
@@ -70,20 +71,22 @@ class Episode:
 
 @dataclass
 class _Batch:
-    """A batch in collection: its tasks, sampling settings and episodes so far."""
+    """A batch in collection: its tasks, sampling settings and episodes so far.
+
+    Episodes are played in units: one episode each, or one group each (a queue-driven
+    agent plays a task's whole group). `results` maps a unit to its episodes.
+    """
 
     tasks: list[Any]
     group_size: int
     temperature: float | None
     seed: int | None
-    episodes: list[Episode]
+    results: dict[int, list[Episode]]
     t0: float
 
-    def episode(self, runner: EpisodeRunner, j: int):
-        """Episode j (task j // group_size) on its engine, seeded from the batch's seed."""
-        episode_seed = None if self.seed is None else (self.seed * 10_007 + j * 64) % 2**31
-        g = j // self.group_size
-        return runner.run_episode(self.tasks[g], g, j % len(runner.engines), self.temperature, episode_seed)
+    @property
+    def episodes(self) -> list[Episode]:
+        return [e for k in sorted(self.results) for e in self.results[k]]
 
 
 class EngineLost(RuntimeError):
@@ -138,6 +141,10 @@ class EpisodeRunner:
             episode scores 0, with the reason recorded and counted.
         env_scheduling: Ray scheduling strategy of the environment hosts (the trainer
             places them in the agent loop's bundle); None: anywhere.
+        agent: the user's agent (`agent` section, resolved by `plan_agent`) playing the
+            episodes instead of the built-in loop: a queue-driven agent or an OpenAI-client
+            function (`rayrl.actors.agent_drivers`).
+        group_size: `training.group_size`, for agents that take it.
     """
 
     def __init__(
@@ -151,6 +158,8 @@ class EpisodeRunner:
         max_episodes: int = 1,
         reward_timeout_s: float = 60.0,
         env_scheduling: Any = None,
+        agent: AgentPlan | None = None,
+        group_size: int = 1,
     ):
         from transformers import AutoTokenizer
 
@@ -164,7 +173,8 @@ class EpisodeRunner:
         self.system_prompt = probe.get_prompt_prefix()
         self.demonstration = list(probe.get_demonstration())
         self.max_turns = probe.turn_limit()
-        self._eos_text = self.tokenizer.eos_token or ""
+        self._probe_answer = getattr(probe, "answer", None)
+        self.chat = ChatTokens(self.tokenizer)
         self.reward_fn = load_episode_reward(reward_fn) if isinstance(reward_fn, str) else reward_fn
         self.reward_timeout_s = reward_timeout_s
         self.reward_timeouts = 0
@@ -174,6 +184,11 @@ class EpisodeRunner:
         self.envs = EnvironmentPool(
             env_config, env_source, env_config.num_actors or max_episodes, env_scheduling
         )
+        self.driver = None
+        if agent is not None and agent.kind == "queue":
+            self.driver = QueueAgentDriver(self, agent, group_size)
+        elif agent is not None:
+            self.driver = FunctionAgentDriver(self, agent)
 
     async def ready(self) -> int:
         """Start the environment actors and wait for them; returns how many are alive.
@@ -189,33 +204,40 @@ class EpisodeRunner:
         return new_environment(self.env_config, self.env_source)
 
     # ---- chat rendering ----------------------------------------------------
-    def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=add_generation_prompt, tokenize=False
-        )
-
     def prompt_ids(self, first_observation: str) -> tuple[list[int], list[dict]]:
         """Token ids of the opening prompt and the message list it came from."""
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         messages += self.demonstration
         messages.append({"role": "user", "content": first_observation})
-        text = self._render(messages, add_generation_prompt=True)
-        return self.tokenizer.encode(text, add_special_tokens=False), messages
+        return self.chat.prompt_ids(messages), messages
 
     def user_turn_ids(self, messages: list[dict], observation: str, ended_with_eos: bool) -> list[int]:
         """Ids that close the assistant turn just generated and open a user turn plus the
         next assistant header, as the chat template would render them."""
-        with_assistant = messages + [{"role": "assistant", "content": _PLACEHOLDER}]
-        closed = self._render(with_assistant, add_generation_prompt=False)
-        reopened = self._render(
-            with_assistant + [{"role": "user", "content": observation}], add_generation_prompt=True
+        return self.chat.continuation_ids(
+            messages, [{"role": "user", "content": observation}], ended_with_eos
         )
-        if not reopened.startswith(closed):
-            raise ValueError("chat template renders a prefix differently once a turn is added")
-        close = closed.split(_PLACEHOLDER, 1)[1]
-        if ended_with_eos and self._eos_text and close.startswith(self._eos_text):
-            close = close[len(self._eos_text) :]
-        return self.tokenizer.encode(close + reopened[len(closed) :], add_special_tokens=False)
+
+    async def agent_prompt(self, qid: str, task: Any) -> AgentPrompt:
+        """The opening prompt of `task` for a queue-driven agent: the environment's first
+        observation (from an environment host) as the conversation's first user turn."""
+        env = await self.envs.acquire()
+        try:
+            first = await env.reset(task)
+        finally:
+            await self.envs.release(env)
+        ids, messages = self.prompt_ids(first)
+        return AgentPrompt(qid, task, messages, ids)
+
+    def reference_answer(self, task: Any) -> Any:
+        """The task's reference answer: the environment's `answer(task)` when it has one,
+        else `task["answer"]`; None when neither exists."""
+        if self._probe_answer is not None:
+            try:
+                return self._probe_answer(task)
+            except Exception:  # noqa: BLE001 - fall back to the task's own field
+                pass
+        return task.get("answer") if isinstance(task, dict) else None
 
     # ---- episodes ----------------------------------------------------------------
     async def run_episode(
@@ -354,10 +376,9 @@ class EpisodeRunner:
         Raises:
             EngineLost: engines died; the batch waits for `retry_lost`.
         """
-        batch = _Batch(tasks, group_size, temperature, seed, [], time.perf_counter())
-        batch.episodes = list(
-            await asyncio.gather(*(batch.episode(self, j) for j in range(len(tasks) * group_size)))
-        )
+        batch = _Batch(tasks, group_size, temperature, seed, {}, time.perf_counter())
+        per_group = self.driver is not None and self.driver.per_group
+        await self._run_units(batch, range(len(tasks) if per_group else len(tasks) * group_size))
         return self._finish(batch)
 
     async def retry_lost(self, engines: list) -> tuple[pa.Table, dict]:
@@ -365,12 +386,26 @@ class EpisodeRunner:
         serving, on `engines` (the replacements in place), and return the whole batch."""
         self.engines = list(engines)
         batch = self._held
-        lost = [j for j, e in enumerate(batch.episodes) if e.lost_engine is not None]
-        redo = await asyncio.gather(*(batch.episode(self, j) for j in lost))
-        for j, episode in zip(lost, redo, strict=True):
-            batch.episodes[j] = episode
-        self.episodes_retried += len(lost)
+        lost = [k for k, eps in batch.results.items() if any(e.lost_engine is not None for e in eps)]
+        await self._run_units(batch, lost)
+        self.episodes_retried += sum(len(batch.results[k]) for k in lost)
         return self._finish(batch)
+
+    async def _run_units(self, batch: _Batch, units) -> None:
+        """Play `units` of `batch` concurrently (episode j, or group g for a queue-driven
+        agent) on engines round robin, seeded from the batch's seed and the unit."""
+
+        async def unit(k: int) -> list[Episode]:
+            per_group = self.driver is not None and self.driver.per_group
+            g = k if per_group else k // batch.group_size
+            seed = None if batch.seed is None else (batch.seed * 10_007 + k * 64) % 2**31
+            engine = k % len(self.engines)
+            if self.driver is None:
+                return [await self.run_episode(batch.tasks[g], g, engine, batch.temperature, seed)]
+            return await self.driver.run_group(batch.tasks[g], g, engine, batch.temperature, seed)
+
+        units = list(units)
+        batch.results.update(zip(units, await asyncio.gather(*(unit(k) for k in units)), strict=True))
 
     def _finish(self, batch: _Batch) -> tuple[pa.Table, dict]:
         """The batch's table and stats, or `EngineLost` (the batch held for a retry)."""
@@ -415,6 +450,7 @@ class EpisodeRunner:
             "episodes_retried": self.episodes_retried,
             "seconds": seconds,
             "token_versions": dict(generated),  # weight version -> trainable tokens it generated
+            "agent": dict(getattr(self.driver, "counts", {})),  # the user's agent's counters
         }
         return table, stats
 

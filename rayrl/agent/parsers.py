@@ -425,13 +425,43 @@ class FunctionCallingParser(ActionParser):
         return self._check(name, arguments, text[pos:raw_end]), end
 
     def format_instructions(self) -> str:
-        schemas = "\n".join(json.dumps(schema) for schema in self.registry.openai_tools())
-        return (
-            "You may call the tools described by these JSON schemas:\n"
-            f"<tools>\n{schemas}\n</tools>\n"
-            "To call one, reply with its name and a JSON object of arguments inside tags:\n"
-            '<tool_call>\n{"name": "<tool name>", "arguments": {"<argument>": <value>}}\n</tool_call>'
-        )
+        return function_calling_instructions(self.registry.openai_tools())
+
+
+def function_calling_instructions(schemas: list[dict[str, Any]]) -> str:
+    """How to call the tools of these OpenAI schemas in `<tool_call>` blocks, for a system prompt."""
+    listed = "\n".join(json.dumps(schema) for schema in schemas)
+    return (
+        "You may call the tools described by these JSON schemas:\n"
+        f"<tools>\n{listed}\n</tools>\n"
+        "To call one, reply with its name and a JSON object of arguments inside tags:\n"
+        '<tool_call>\n{"name": "<tool name>", "arguments": {"<argument>": <value>}}\n</tool_call>'
+    )
+
+
+def read_tool_calls(text: str, names: set[str]) -> tuple[list[tuple[str, Any]], str]:
+    """Every well-formed `<tool_call>` block of `text` that names one of `names`, as
+    (name, arguments), and the text outside those blocks (stripped). Arguments are not
+    checked against a schema: an OpenAI endpoint hands them to the caller as they are."""
+    calls, kept, pos = [], [], 0
+    start = text.find(_OPEN_TAG)
+    while start != -1:
+        body = _skip_space_and_fence(text, start + len(_OPEN_TAG))
+        decoded = _decode_object(text, body) if text.startswith("{", body) else "no object"
+        if isinstance(decoded, str) or not _is_call_shaped(decoded[0]):
+            start = text.find(_OPEN_TAG, start + len(_OPEN_TAG))
+            continue
+        obj, end = decoded
+        name, arguments = _name_and_arguments(obj)
+        close = text.find(_CLOSE_TAG, end)
+        end = close + len(_CLOSE_TAG) if close != -1 and not text[end:close].strip(" \t\n`") else end
+        if name in names:
+            calls.append((name, {} if arguments is None else arguments))
+            kept.append(text[pos:start])
+            pos = end
+        start = text.find(_OPEN_TAG, end)
+    kept.append(text[pos:])
+    return calls, "".join(kept).strip()
 
 
 __all__ = [
@@ -443,4 +473,6 @@ __all__ = [
     "ReActActionParser",
     "ToolCall",
     "describe_tools",
+    "function_calling_instructions",
+    "read_tool_calls",
 ]

@@ -1,6 +1,7 @@
 """rayrl benchmark: on-policy (max_staleness 0) against generation ahead of the learner
 (max_staleness 1 and 2) on the default job, one run after the other on this machine.
-Prints step time, phase times, steps to a reward of 0.9 and the reward of the last steps.
+Prints step time, phase times, steps and seconds to a rolling-3 reward of 0.9 and the
+reward of the last steps.
 
     .venv/bin/python bench/bench_async.py [--steps 20] [--ks 0 1 2] [--target 0.9]
 
@@ -47,7 +48,10 @@ def run(k: int, steps: int, run_dir: str) -> list[dict]:
 def summarize(k: int, rows: list[dict], target: float) -> dict:
     steady = rows[1:] or rows  # the first step warms the engines up
     med = lambda key: statistics.median(r[key] for r in steady)  # noqa: E731
-    reached = next((r["step"] for r in rows if r["reward_mean"] >= target), None)
+    rolling = [
+        statistics.mean(r["reward_mean"] for r in rows[max(0, i - 2) : i + 1]) for i in range(len(rows))
+    ]
+    reached = next((r["step"] for r, mean in zip(rows, rolling, strict=True) if mean >= target), None)
     to_target = sum(r["time_step"] for r in rows if reached and r["step"] <= reached)
     return {
         "k": k,

@@ -29,3 +29,37 @@ def test_default_job_learns(tmp_path):
     spread = summary["reward_first_std"] + summary["reward_last_std"]
     assert summary["reward_last"] - summary["reward_first"] > spread
     assert (tmp_path / "default" / "final" / "model.safetensors").is_file()
+
+
+def _rewards(run_dir: Path) -> list[float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["reward_mean"] for line in lines if line.strip()]
+
+
+@pytest.mark.slow
+def test_generation_one_version_ahead_learns_like_the_on_policy_job(tmp_path):
+    """max_staleness=1 reaches the on-policy job's reward band in the same number of steps."""
+    last = {}
+    for k in (0, 1):
+        cmd = [
+            sys.executable,
+            "-m",
+            "rayrl.cli",
+            "train",
+            str(ROOT / "jobs/math_feedback.yaml"),
+            "training.num_epochs=20",
+            "training.eval_tasks=0",
+            f"training.max_staleness={k}",
+            f"training.rollout_correction={'truncate' if k else 'none'}",
+            f"checkpoint.run_dir={tmp_path}",
+            f"checkpoint.run_name=k{k}",
+            "checkpoint.save_final=false",
+            "ray.include_dashboard=false",
+        ]
+        subprocess.run(cmd, check=True, timeout=1800)
+        rewards = _rewards(tmp_path / f"k{k}")
+        assert len(rewards) == 20
+        last[k] = sum(rewards[-5:]) / 5
+        print(f"k={k}: first five {sum(rewards[:5]) / 5:.3f}, last five {last[k]:.3f}")
+    assert last[0] >= 0.8
+    assert last[1] >= last[0] - 0.1

@@ -142,6 +142,11 @@ class TrainingConfig(_Section):
     learning_rate: float = Field(5e-6, gt=0.0)
     """The policy's AdamW learning rate."""
 
+    policy_loss: Literal["ppo", "gspo", "cispo"] = "ppo"
+    """Policy loss: "ppo" (clipped token ratio), "gspo" (clipped sequence ratio; use small
+    clip ranges such as 3e-4 / 4e-4 and loss_agg_mode seq-mean-token-mean), "cispo" (clipped,
+    stop-gradient importance weight on log pi). The clip ranges below apply to each."""
+
     clip_ratio_low: float = Field(0.2, ge=0.0)
     """PPO lower clip range (ratio >= 1 - clip_ratio_low)."""
 

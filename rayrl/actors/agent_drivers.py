@@ -248,23 +248,26 @@ class AgentEndpoint:
 
     def __init__(self, runner: EpisodeRunner, host: str, port: int, max_request_bytes: int = 4 << 20):
         self.runner = runner
-        self.host, self.port = host, port
+        self.host, self.port, self._bind_port = host, port, port
         self.token = secrets.token_urlsafe(24)
         self.max_request_bytes = max_request_bytes
         self.episodes: dict[str, _OpenEpisode] = {}
         self._site = None
+        self._loop = None
 
     async def start(self) -> None:
         from aiohttp import web
 
-        if self._site is not None:
+        loop = asyncio.get_running_loop()
+        if self._site is not None and self._loop is loop:
             return
+        self._loop = loop  # a server runs on the loop that started it
         app = web.Application(client_max_size=self.max_request_bytes)
         app.router.add_post("/episodes/{eid}/v1/chat/completions", self._chat)
         app.router.add_get("/episodes/{eid}/v1/models", self._models)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
+        site = web.TCPSite(runner, self.host, self._bind_port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]
         self._site = site

@@ -34,7 +34,14 @@ from rayrl.actors.strategy import (
     rendezvous_address,
     sum_over_ranks,
 )
-from rayrl.algorithms import aggregate_loss, compute_policy_loss, kl_penalty, rollout_correction
+from rayrl.algorithms import (
+    aggregate_loss,
+    compute_cispo_loss,
+    compute_gspo_loss,
+    compute_policy_loss,
+    kl_penalty,
+    rollout_correction,
+)
 from rayrl.config import LearnerConfig, TrainingConfig
 from rayrl.hardware import resolve_dtype
 
@@ -116,6 +123,19 @@ class ActorLearner:
         return float(self.strategy.optimizer.param_groups[0]["lr"])
 
     # ---- training --------------------------------------------------------
+    def policy_loss(self, lp, old, advantages, loss_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token policy loss and clip flags of `training.policy_loss` over a micro-batch's
+        trainable tokens (flat, in row order of `loss_mask`)."""
+        cfg = self.training
+        if cfg.policy_loss == "gspo":
+            seq_ids = loss_mask[:, 1:].nonzero()[:, 0]  # the row of each trainable token
+            return compute_gspo_loss(lp, old, advantages, seq_ids, cfg.clip_ratio_low, cfg.clip_ratio_high)
+        if cfg.policy_loss == "cispo":
+            return compute_cispo_loss(lp, old, advantages, cfg.clip_ratio_low, cfg.clip_ratio_high)
+        return compute_policy_loss(
+            lp, old, advantages, cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c
+        )
+
     def update(self, batch: pa.Table, kl_coef: float | None = None) -> dict:
         """One PPO update on a scored batch (see `rayrl.actors.scoring`).
 
@@ -166,14 +186,7 @@ class ActorLearner:
                         entropy_grad=cfg.entropy_coef > 0,
                     )
                 old = old_lp[idx].to(self.device) if old_lp is not None else lp.detach()
-                pg, clipped = compute_policy_loss(
-                    lp,
-                    old,
-                    adv_tok[idx].to(self.device),
-                    cfg.clip_ratio_low,
-                    cfg.clip_ratio_high,
-                    cfg.clip_ratio_c,
-                )
+                pg, clipped = self.policy_loss(lp, old, adv_tok[idx].to(self.device), mb.loss_mask)
                 behaviour = rollout_lp[idx].to(self.device)
                 is_weight, beyond = rollout_correction(
                     old, behaviour, cfg.rollout_correction, cfg.rollout_is_cap

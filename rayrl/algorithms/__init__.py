@@ -29,6 +29,8 @@ _EXPORTS = {
     **dict.fromkeys(
         [
             "aggregate_loss",
+            "compute_cispo_loss",
+            "compute_gspo_loss",
             "compute_policy_loss",
             "compute_value_loss",
             "entropy_from_logits",

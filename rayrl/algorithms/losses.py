@@ -1,4 +1,6 @@
-"""PPO losses: clipped policy loss (clip-higher, dual-clip), clipped value loss, entropy; aggregation."""
+"""Policy-gradient losses: PPO's clipped surrogate (clip-higher, dual-clip), GSPO's
+sequence-level ratio, CISPO's clipped importance weight; the clipped value loss, entropy and
+aggregation."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from typing import Literal
 import torch
 
 LossAggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
+PolicyLoss = Literal["ppo", "gspo", "cispo"]
 RolloutCorrection = Literal["none", "truncate", "mask"]
 
 
@@ -82,6 +85,62 @@ def compute_policy_loss(
         loss = torch.where(dual, cap, loss)
         was_clipped = was_clipped | dual
     return loss, was_clipped.to(logprobs.dtype)
+
+
+def compute_gspo_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    seq_ids: torch.Tensor,
+    clip_low: float = 3e-4,
+    clip_high: float = 4e-4,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token GSPO loss (Zheng et al. 2025, the GSPO-token form): PPO's clipped surrogate
+    on the sequence's importance ratio s = exp(mean over its tokens of log(pi / pi_old)).
+
+    Each token's ratio has the value of its sequence's s and the gradient
+    s * grad log pi(token), so with sequence-level advantages and "seq-mean-token-mean"
+    aggregation the gradient is GSPO's sequence objective's. Its clip ranges are
+    small (the paper: 3e-4 / 4e-4), since a sequence ratio moves far less than a token's.
+
+    Args:
+        logprobs / old_logprobs / advantages: per trainable token, flat (N,).
+        seq_ids: the sequence each token belongs to, (N,) integers.
+        clip_low / clip_high: clip range of the sequence ratio.
+
+    Returns:
+        (per-token loss, per-token 0/1 float: where the clip bound the loss).
+    """
+    log_ratio = (logprobs - old_logprobs).detach()
+    count = torch.zeros(
+        int(seq_ids.max()) + 1 if seq_ids.numel() else 0, dtype=log_ratio.dtype, device=log_ratio.device
+    )
+    total = count.clone().index_add_(0, seq_ids, log_ratio)
+    count.index_add_(0, seq_ids, torch.ones_like(log_ratio))
+    seq_log_ratio = (total / count.clamp(min=1.0))[seq_ids].clamp(-20.0, 20.0)
+    ratio = torch.exp(seq_log_ratio + logprobs - logprobs.detach())
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    return torch.maximum(unclipped, clipped), (clipped > unclipped).to(logprobs.dtype)
+
+
+def compute_cispo_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token CISPO loss (MiniMax-M1, 2025): -sg(clip(ratio, 1 - clip_low, 1 + clip_high))
+    * A * log pi. The importance weight is clipped and carries no gradient, so, unlike PPO's
+    clip, no token drops out of the gradient: a clipped token still gets a bounded update.
+
+    Returns:
+        (per-token loss, per-token 0/1 float: where the weight was clipped).
+    """
+    ratio = torch.exp((logprobs - old_logprobs).detach().clamp(-20.0, 20.0))
+    weight = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    return -weight * advantages * logprobs, (weight != ratio).to(logprobs.dtype)
 
 
 def rollout_correction(

@@ -133,6 +133,21 @@ def test_rollout_correction_weighs_each_tokens_policy_loss(tiny_model):
         assert row["mismatch_kl"] > 20  # k3 of a log-ratio of ~30
 
 
+def test_gspo_and_cispo_take_ppos_on_policy_step_through_the_learner(tiny_model):
+    """On-policy (one epoch, one mini-batch) every ratio is 1, so GSPO and CISPO have PPO's
+    gradient: the same grad norm in a real update; GSPO also PPO's loss, CISPO -A * log pi."""
+    results = {}
+    for loss in ("ppo", "gspo", "cispo"):
+        cfg = learner_config(tiny_model, kl_coef=0.0, policy_loss=loss, loss_agg_mode="seq-mean-token-mean")
+        results[loss] = ActorLearner(tiny_model, cfg.training, cfg.learner, "float32").update(global_batch())
+    ppo, gspo, cispo = results["ppo"], results["gspo"], results["cispo"]
+    assert ppo["grad_norm"] > 0
+    assert gspo["grad_norm"] == pytest.approx(ppo["grad_norm"], rel=1e-5)
+    assert gspo["total_loss"] == pytest.approx(ppo["total_loss"], rel=1e-5, abs=1e-7)
+    assert cispo["grad_norm"] == pytest.approx(ppo["grad_norm"], rel=1e-5)
+    assert cispo["total_loss"] != pytest.approx(ppo["total_loss"], rel=1e-3)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
 def test_release_memory_returns_an_updates_activations_to_the_system(tiny_model):
     """An idle learner should hold its weights and optimizer state, not its activation peak."""

@@ -12,8 +12,11 @@ import torch
 from rayrl.algorithms import (
     ADVANTAGE_ESTIMATORS,
     AdvantageInputs,
+    aggregate_loss,
     apply_kl_to_rewards,
     compute_advantages,
+    compute_cispo_loss,
+    compute_gspo_loss,
     compute_policy_loss,
     compute_value_loss,
     entropy_from_logits,
@@ -270,3 +273,73 @@ def test_rollout_correction_against_a_reference(mode):
     assert not weights.requires_grad
     with pytest.raises(ValueError, match="cap"):
         rollout_correction(torch.zeros(2), torch.zeros(2), "truncate", 1.0)
+
+
+def test_gspo_loss_and_gradient_against_the_sequence_objective():
+    """GSPO's per-token form, aggregated seq-mean-token-mean, has the value and gradient of
+    the paper's sequence objective: max(-A s, -A clip(s)) per sequence, s = exp(mean log ratio),
+    computed here per sequence, as the paper writes it."""
+    rng = random.Random(4)
+    lengths = [3, 1, 5, 2, 4, 6]
+    lp = [[rng.uniform(-3.0, 0.0) for _ in range(n)] for n in lengths]
+    old = [[x + rng.uniform(-0.02, 0.02) for x in row] for row in lp]
+    adv = [rng.uniform(-1.0, 1.0) for _ in lengths]
+    lo, hi = 3e-3, 4e-3
+    # reference: one differentiable scalar per sequence
+    ref_lp = [torch.tensor(row, dtype=f64, requires_grad=True) for row in lp]
+    per_seq = []
+    for row, row_old, a in zip(ref_lp, old, adv, strict=True):
+        s = torch.exp((row - torch.tensor(row_old, dtype=f64)).mean())
+        per_seq.append(torch.maximum(-a * s, -a * s.clamp(1 - lo, 1 + hi)))
+    torch.stack(per_seq).mean().backward()
+    # the loss as the learner computes it: flat tokens, one advantage per token
+    flat = torch.tensor([x for row in lp for x in row], dtype=f64, requires_grad=True)
+    seq_ids = torch.tensor([i for i, n in enumerate(lengths) for _ in range(n)])
+    advantages = torch.tensor([adv[i] for i in seq_ids.tolist()], dtype=f64)
+    loss, clipped = compute_gspo_loss(
+        flat, torch.tensor([x for row in old for x in row], dtype=f64), advantages, seq_ids, lo, hi
+    )
+    dense = torch.zeros(len(lengths), max(lengths), dtype=f64)
+    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = True
+    dense = dense.masked_scatter(mask, loss)
+    total = aggregate_loss(dense, mask, "seq-mean-token-mean")
+    total.backward()
+    assert float(total.detach()) == pytest.approx(float(torch.stack(per_seq).mean().detach()), rel=1e-12)
+    want_grad = [g for row in ref_lp for g in row.grad.tolist()]
+    assert flat.grad.tolist() == pytest.approx(want_grad, rel=1e-10, abs=1e-15)
+    # the draw clips some sequences and not others; a clipped sequence has no gradient
+    flags = [bool(clipped[seq_ids == i].all()) for i in range(len(lengths))]
+    assert any(flags) and not all(flags)
+    for i, flag in enumerate(flags):
+        assert (ref_lp[i].grad.abs().sum() == 0) == flag
+    # every token of a sequence carries its sequence's ratio
+    for i, row in enumerate(lp):
+        s = math.exp(sum(a - b for a, b in zip(row, old[i], strict=True)) / len(row))
+        want = max(-adv[i] * s, -adv[i] * min(max(s, 1 - lo), 1 + hi))
+        assert loss[seq_ids == i].tolist() == pytest.approx([want] * len(row), rel=1e-12)
+
+
+def test_cispo_loss_and_gradient_against_a_reference():
+    """CISPO: -sg(clip(r)) * A * log pi per token, so a clipped token keeps a bounded gradient
+    (PPO's clip would zero it)."""
+    rng = random.Random(5)
+    lp = [rng.uniform(-3.0, 0.0) for _ in range(48)]
+    old = [x + rng.uniform(-0.6, 0.6) for x in lp]
+    adv = [rng.uniform(-1.0, 1.0) for _ in lp]
+    lo, hi = 0.2, 0.28
+    flat = torch.tensor(lp, dtype=f64, requires_grad=True)
+    loss, clipped = compute_cispo_loss(
+        flat, torch.tensor(old, dtype=f64), torch.tensor(adv, dtype=f64), lo, hi
+    )
+    loss.sum().backward()
+    n_clipped = 0
+    for i, (a, b, g) in enumerate(zip(lp, old, adv, strict=True)):
+        ratio = math.exp(a - b)
+        w = min(max(ratio, 1 - lo), 1 + hi)
+        assert float(loss[i].detach()) == pytest.approx(-w * g * a, rel=1e-12)
+        assert float(flat.grad[i]) == pytest.approx(-w * g, rel=1e-12)  # the weight carries no gradient
+        assert float(clipped[i]) == float(w != ratio)
+        n_clipped += w != ratio
+    assert 0 < n_clipped < len(lp)

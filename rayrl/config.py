@@ -362,7 +362,8 @@ class AgentRunConfig(_Section):
     history): train on each part separately, or drop the episode (counted)."""
 
     episode_timeout_s: float = Field(600.0, gt=0.0)
-    """Longest an agent function may take for one episode (it then scores nothing)."""
+    """Longest an agent function may take for one episode, or a queue-driven agent for one
+    group (it then scores nothing, with the reason counted as an error)."""
 
 
 class CheckpointConfig(_Section):

@@ -88,7 +88,8 @@ def _lost(episode_cls, group: int, turns: int, engine: int, err: BaseException):
     return episode_cls([], [], [], 0.0, group, turns, error=repr(err)[:300], lost_engine=engine)
 
 
-def _episode(episode_cls, t: Trajectory, group: int, **extra) -> Episode:
+def _episode(episode_cls, t: Trajectory, group: int, version: int) -> Episode:
+    versions = t.versions if t.versions is not None else [version if m else -1 for m in t.loss_mask]
     return episode_cls(
         list(t.input_ids),
         list(t.loss_mask),
@@ -97,8 +98,7 @@ def _episode(episode_cls, t: Trajectory, group: int, **extra) -> Episode:
         group,
         t.num_turns,
         dict(t.info),
-        versions=list(t.versions),
-        **extra,
+        versions=list(versions),
     )
 
 
@@ -122,6 +122,7 @@ class QueueAgentDriver:
                 kwargs[key] = value
         self.agent = plan.agent(**kwargs)
         self.calls_per_group = 1 if "group_size" in accepted else group_size
+        self.timeout_s = plan.config.episode_timeout_s
         self.env = plan.env(**plan.config.env_args)
         self.serial = 0
 
@@ -139,14 +140,18 @@ class QueueAgentDriver:
         except Exception as err:  # noqa: BLE001 - an environment bug ends its own group only
             return [Episode([], [], [], 0.0, group, 0, error=f"environment failed: {err}")]
         self.env.id2info[qid] = {"task": task, "answer": self.runner.reference_answer(task)}
-        counter = {"requests": 0}
+        counter = {"requests": 0, "version": -1}
         calls = [prompt]
         if self.calls_per_group > 1:
             calls = [replace(prompt, qid=f"{qid}@{k}") for k in range(self.calls_per_group)]
         try:
-            results = await asyncio.gather(
-                *(self._drive(p, engine, temperature, seed, counter) for p in calls)
+            results = await asyncio.wait_for(
+                asyncio.gather(*(self._drive(p, engine, temperature, seed, counter) for p in calls)),
+                self.timeout_s,
             )
+        except asyncio.TimeoutError:
+            message = f"agent ran past agent.episode_timeout_s={self.timeout_s:g} on this group"
+            return [Episode([], [], [], 0.0, group, 0, error=message)]
         except Exception as err:  # noqa: BLE001 - the agent's or the engine's failure
             if engine_died(err):
                 return [_lost(Episode, group, counter["requests"], getattr(err, "engine", engine), err)]
@@ -156,7 +161,7 @@ class QueueAgentDriver:
         trajectories = [t for result in results for t in (result if isinstance(result, list) else [result])]
         if not all(isinstance(t, Trajectory) for t in trajectories):
             return [Episode([], [], [], 0.0, group, 0, error="agent must return a list of Trajectory")]
-        return [_episode(Episode, t, group) for t in trajectories]
+        return [_episode(Episode, t, group, counter["version"]) for t in trajectories]
 
     async def _drive(self, prompt: AgentPrompt, engine: int, temperature, seed, counter: dict):
         """One `collect_trajectory` call, its observation queue served by the engines."""
@@ -216,6 +221,7 @@ class QueueAgentDriver:
                 )
 
             seqs = list(await asyncio.gather(*(one(k) for k in range(gconfig.n))))
+            counter["version"] = max([counter["version"], *(q.weight_version for q in seqs)])
         await act_queue.put(BundledGenerationOutputs(qid, list(token_ids), seqs))
 
 

@@ -76,7 +76,8 @@ class Trajectory:
         loss_mask: 1 on generated tokens (trained), 0 elsewhere.
         logprobs: the engine's log-prob of each generated token, 0 elsewhere.
         reward: the sequence's reward.
-        versions: weight version of each generated token, -1 elsewhere (default: all 0).
+        versions: weight version of each generated token, -1 elsewhere (default: the newest
+            version that answered the agent's requests, on every trained token).
         num_turns: generation calls the sequence holds.
         info: numbers or flags reported per step (`success`/`correct` count as success).
     """
@@ -91,10 +92,8 @@ class Trajectory:
 
     def __post_init__(self) -> None:
         n = len(self.input_ids)
-        if self.versions is None:
-            self.versions = [0 if m else -1 for m in self.loss_mask]
         for name in ("loss_mask", "logprobs", "versions"):
-            if len(getattr(self, name)) != n:
+            if getattr(self, name) is not None and len(getattr(self, name)) != n:
                 raise ValueError(f"Trajectory.{name} has {len(getattr(self, name))} entries, input_ids {n}")
 
 

@@ -112,7 +112,7 @@ def test_training_goes_on_when_environments_crash_and_hang(ray_local, tiny_model
     config = tiny_config(
         tiny_model,
         training={"num_epochs": 2, "batch_size": 6, "group_size": 2, "kl_coef": 0.0},
-        environment={"max_turns": 1, "step_timeout_s": 3.0},
+        environment={"max_turns": 1, "step_timeout_s": 3.0, "isolation": "actor"},
         checkpoint={"run_dir": str(tmp_path), "save_final": False},
     )
     trainer = RayPPOTrainer(config, environment=FragileEnv)

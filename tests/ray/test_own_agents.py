@@ -42,7 +42,7 @@ def runner_for(default_model, engine, agent: AgentRunConfig, group_size: int = 1
     """The agent loop as a plain object in this process (its agent code runs here)."""
     return EpisodeRunner(
         default_model,
-        EnvironmentConfig(max_turns=3),
+        EnvironmentConfig(max_turns=3, isolation="inline"),
         INFERENCE,
         [engine],
         max_episodes=4,

@@ -12,10 +12,19 @@ from tests.conftest import make_config
 
 
 def tiny_config(tiny_model: str, **sections):
-    """A run of the tiny model with short turns and no dashboard, plus `sections` overrides."""
+    """A run of the tiny model with short turns and no dashboard, plus `sections` overrides.
+
+    Environments run in the agent loop (`isolation: inline`) unless a test asks otherwise:
+    starting a host actor per episode costs every test's start-up several seconds, and
+    the hosts are tested in test_env_isolation.py."""
     inference = {"max_tokens": 8, "max_model_len": 256, "kv_cache_gb": 1, **sections.pop("inference", {})}
+    environment = {"isolation": "inline", **sections.pop("environment", {})}
     return make_config(
-        model={"model_name": tiny_model}, inference=inference, ray={"include_dashboard": False}, **sections
+        model={"model_name": tiny_model},
+        inference=inference,
+        environment=environment,
+        ray={"include_dashboard": False},
+        **sections,
     )
 
 
@@ -180,7 +189,8 @@ def test_reward_fn_from_a_config_line_replaces_the_environment_reward(ray_local,
 @pytest.mark.parametrize(
     ("sections", "checks"),
     [
-        (
+        pytest.param(  # critic through the trainer: test_resume.py; critic and reference ranks:
+            # test_role_groups.py; epochs and mini-batches: test_learner_ranks.py
             {
                 "training": {
                     "adv_estimator": "gae",
@@ -193,6 +203,7 @@ def test_reward_fn_from_a_config_line_replaces_the_environment_reward(ray_local,
                 "critic": {"num_ranks": 2},
             },
             ("value_loss", "value_explained_var", "kl_reward", "critic_grad_norm"),
+            marks=pytest.mark.slow,
         ),
         pytest.param(  # estimator and group filter are unit-tested; this is the wiring
             {

@@ -5,7 +5,14 @@ import ast
 from pathlib import Path
 
 AGENT_LAYER = Path(__file__).resolve().parents[2] / "rayrl" / "agent"
-ABOVE = ("rayrl.actors", "rayrl.placement", "rayrl.trainer", "rayrl.training", "rayrl.pipeline", "rayrl.recovery")
+ABOVE = (
+    "rayrl.actors",
+    "rayrl.placement",
+    "rayrl.trainer",
+    "rayrl.training",
+    "rayrl.pipeline",
+    "rayrl.recovery",
+)
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -140,6 +140,9 @@ class RayPPOTrainer:
             sees the real tool counts.
         callbacks: objects with the `rayrl.training.Callback` hooks (`on_train_begin`,
             `on_step_end`, `on_train_end`); one that raises is logged and counted.
+        agent: optional agent of the user's playing the episodes, instead of `agent.name` /
+            `agent.function`: an `rayrl.agent.async_agent.Agent` subclass (queue-driven) or
+            `async def run(client, task) -> float` (through the OpenAI-compatible endpoint).
     """
 
     def __init__(
@@ -149,6 +152,7 @@ class RayPPOTrainer:
         reward_fn: Callable[[dict], float] | None = None,
         tool_manager: Any = None,
         callbacks: list[Callback] | None = None,
+        agent: Any = None,
     ):
         self.config = config.check()
         self.env_source = (
@@ -157,7 +161,7 @@ class RayPPOTrainer:
             else None
         )
         self.reward_fn = reward_fn or config.training.reward_fn
-        self.agent = plan_agent(config.agent)  # the user's agent, resolved where it was registered
+        self.agent = plan_agent(config.agent, agent)  # the user's agent, resolved where it was registered
         agent_objects = [self.agent.agent, self.agent.env] if self.agent else []
         for obj in [*(self.env_source.user_objects if self.env_source else []), reward_fn, *agent_objects]:
             _ship_by_value(obj)

@@ -60,28 +60,35 @@ class AgentPlan:
         return "queue" if self.config.name else "function"
 
 
-def plan_agent(config: AgentRunConfig) -> AgentPlan | None:
-    """Resolve `agent.name` / `agent.function`; None when the run uses neither.
+def plan_agent(config: AgentRunConfig, agent: Any = None) -> AgentPlan | None:
+    """Resolve the run's agent: `agent` given in Python (an `Agent` subclass or an async
+    function), else `agent.name` / `agent.function`; None when the run uses none.
 
     Raises:
         ConfigError: the name or function cannot be found, or is not what it should be.
     """
     import rayrl.agents.math_multi_turn  # noqa: F401 - registers the built-in agent
+    from rayrl.agent.async_agent import Agent
 
     try:
-        if config.name:
-            return AgentPlan(config, agent_class(config.name), env_class(config.env))
-        if config.function:
-            fn = load_object(config.function)
-            if not inspect.iscoroutinefunction(fn):
-                raise ConfigError(
-                    f"agent.function={config.function!r} must be an async function "
-                    "`async def run(client, task) -> float`"
-                )
-            return AgentPlan(config, fn)
+        if agent is None and config.name:
+            agent = agent_class(config.name)
+        elif agent is None and config.function:
+            agent = load_object(config.function)
+        if agent is None:
+            return None
+        if isinstance(agent, type) and issubclass(agent, Agent):
+            return AgentPlan(
+                config.model_copy(update={"name": agent.__qualname__}), agent, env_class(config.env)
+            )
+        if inspect.iscoroutinefunction(agent):
+            return AgentPlan(config.model_copy(update={"name": None}), agent)
+        raise ConfigError(
+            f"agent {getattr(agent, '__qualname__', agent)!r} is neither an Agent subclass nor an "
+            "async function `async def run(client, task) -> float`"
+        )
     except (ValueError, TypeError) as err:
         raise ConfigError(f"agent: {err}") from None
-    return None
 
 
 def _lost(episode_cls, group: int, turns: int, engine: int, err: BaseException):

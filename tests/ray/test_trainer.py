@@ -78,6 +78,31 @@ def test_metrics_history_and_run_files(finished_run):
     assert saved["training"]["batch_size"] == 8
 
 
+def scrape(ray, name: str, run: str, timeout_s: float = 60.0) -> float | None:
+    """The value of `name` tagged `run` on this node's Prometheus endpoint (None: never seen)."""
+    import re
+    import urllib.request
+
+    port = ray.nodes()[0]["MetricsExportPort"]
+    pattern = re.compile(rf'^{name}{{[^}}]*run="{run}"[^}}]*}} (\S+)$', re.M)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:  # Ray exports recorded values every few seconds
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        found = pattern.search(text)
+        if found:
+            return float(found.group(1))
+        time.sleep(2.0)
+    return None
+
+
+def test_step_metrics_reach_the_nodes_prometheus_endpoint(finished_run, ray_local):
+    """What the run logged is what Ray exports (gauges rayrl_<key>, tagged with the run)."""
+    _, history, _ = finished_run
+    last = history[-1]
+    for key in ("reward_mean", "weight_version", "time_update", "tokens_per_s", "engine_restarts"):
+        assert scrape(ray_local, f"ray_rayrl_{key}", "tiny") == pytest.approx(last[key], rel=1e-6), key
+
+
 def test_final_policy_is_a_loadable_hf_folder(finished_run):
     from transformers import AutoModelForCausalLM
 

@@ -3,7 +3,7 @@
 Prints step time, phase times, steps and seconds to a rolling-3 reward of 0.9 and the
 reward of the last steps.
 
-    .venv/bin/python bench/bench_async.py [--steps 20] [--ks 0 1 2] [--target 0.9]
+    .venv/bin/python bench/bench_async.py [--steps 20] [--ks 0 1 2] [--target 0.9] [--keep DIR]
 
 Each run is `rayrl train jobs/math_feedback.yaml` with `training.max_staleness=k` (and
 `training.rollout_correction=truncate` for k > 0) in a process of its own. What to read
@@ -75,11 +75,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--ks", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--target", type=float, default=0.9)
+    parser.add_argument(
+        "--keep", help="folder to keep the runs in (metrics.jsonl per k); default: a temporary one"
+    )
     args = parser.parse_args()
     results = []
-    with tempfile.TemporaryDirectory() as run_dir:
+    with tempfile.TemporaryDirectory() as scratch:
+        run_dir = args.keep or scratch
         for k in args.ks:
-            results.append(summarize(k, run(k, args.steps, run_dir), args.target))
+            rows = run(k, args.steps, run_dir)
+            results.append(summarize(k, rows, args.target))
+            print(f"k={k} reward per step: " + " ".join(f"{r['reward_mean']:.2f}" for r in rows), flush=True)
     keys = list(results[0])
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))

@@ -83,6 +83,7 @@ class _Batch:
     seed: int | None
     results: dict[int, list[Episode]]
     t0: float
+    counts0: dict[str, int] = field(default_factory=dict)  # the agent's counters when it began
 
     @property
     def episodes(self) -> list[Episode]:
@@ -376,7 +377,8 @@ class EpisodeRunner:
         Raises:
             EngineLost: engines died; the batch waits for `retry_lost`.
         """
-        batch = _Batch(tasks, group_size, temperature, seed, {}, time.perf_counter())
+        counts = dict(getattr(self.driver, "counts", {}))
+        batch = _Batch(tasks, group_size, temperature, seed, {}, time.perf_counter(), counts)
         per_group = self.driver is not None and self.driver.per_group
         await self._run_units(batch, range(len(tasks) if per_group else len(tasks) * group_size))
         return self._finish(batch)
@@ -450,7 +452,8 @@ class EpisodeRunner:
             "episodes_retried": self.episodes_retried,
             "seconds": seconds,
             "token_versions": dict(generated),  # weight version -> trainable tokens it generated
-            "agent": dict(getattr(self.driver, "counts", {})),  # the user's agent's counters
+            # the user's agent's counters over this batch (one batch is collected at a time)
+            "agent": {k: v - batch.counts0.get(k, 0) for k, v in getattr(self.driver, "counts", {}).items()},
         }
         return table, stats
 

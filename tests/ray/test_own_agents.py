@@ -26,6 +26,7 @@ from rayrl.agent.async_agent import (
 from rayrl.config import AgentRunConfig, ConfigError, EnvironmentConfig, InferenceConfig
 from rayrl.trainer import RayPPOTrainer
 from tests.ray.test_trainer import tiny_config
+from tests.unit.test_capture import TOOLS
 
 INFERENCE = InferenceConfig(max_tokens=48, max_model_len=1024, kv_cache_gb=1, temperature=1.0)
 
@@ -158,20 +159,6 @@ def test_an_unknown_agent_or_a_broken_one_is_a_clear_error(default_model, engine
 
 
 # ---- an OpenAI-client agent through the endpoint --------------------------------------
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "add",
-            "description": "Add two integers.",
-            "parameters": {
-                "type": "object",
-                "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-                "required": ["a", "b"],
-            },
-        },
-    }
-]
 SEEN: list[dict] = []  # what the agent below saw, per request
 
 

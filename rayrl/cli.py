@@ -1,4 +1,5 @@
-"""`rayrl` command line: `rayrl train CONFIG [section.key=value ...]`, `rayrl check CONFIG ...`."""
+"""`rayrl` command line: `rayrl train CONFIG [section.key=value ...]`, `rayrl check CONFIG ...`,
+`rayrl report RUN_DIR`."""
 
 from __future__ import annotations
 
@@ -69,7 +70,13 @@ def cmd_train(args) -> int:
     )
     if before and after:
         print(f"held-out reward {before['reward_mean']:.3f} -> {after['reward_mean']:.3f}")
-    print(f"metrics: {trainer.run.metrics_file}")
+    print(f"metrics: {trainer.run.metrics_file} (TensorBoard: {trainer.run.path / 'tensorboard'})")
+    try:
+        from rayrl.report import plot, read_run
+
+        print(f"plots: {plot(read_run(trainer.run.path), trainer.run.path / 'report.png')}")
+    except Exception as err:  # noqa: BLE001 - the run is done; a plot failure only loses the plot
+        print(f"plots not written: {type(err).__name__}: {err}", file=sys.stderr)
     if summary["final_policy"]:
         print(f"final policy (Hugging Face format): {summary['final_policy']}")
     return 0
@@ -81,9 +88,25 @@ def cmd_check(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from rayrl.report import report
+
+    try:
+        table, png = report(args.run_dir)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"rayrl: {err}", file=sys.stderr)
+        return 2
+    print(table)
+    print(f"plots: {png}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rayrl", description="Ray-native RL for LLM agents")
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("report", help="summary table and plots of a run directory, finished or not")
+    p.add_argument("run_dir", help="a run directory (it holds metrics.jsonl)")
+    p.set_defaults(fn=cmd_report)
     for name, fn, text in (
         ("train", cmd_train, "train from a YAML config"),
         ("check", cmd_check, "validate a config and print it resolved"),

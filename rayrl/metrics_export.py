@@ -1,10 +1,13 @@
-"""Per-step metrics in Ray's metrics system, next to Ray's own.
+"""Where each step's metrics go besides `metrics.jsonl`: Ray's metrics system and TensorBoard.
 
-Every number of a step's row (reward, success, losses, KL, clip fraction, entropy, grad
+`RayMetrics`: every number of a step's row (reward, success, losses, KL, clip fraction, entropy, grad
 norm, tokens/s, seconds per phase, weight version, sync GB/s, restarts, environment
 errors...) is set on a `ray.util.metrics.Gauge` named `rayrl_<key>` and tagged with the
 run's name. Ray exports it on each node's Prometheus endpoint (as `ray_rayrl_<key>`, where
 the Ray Dashboard's metrics views, Prometheus and Grafana read it).
+
+`TensorBoardLog`: the same numbers as TensorBoard scalars (`<run>/tensorboard`), grouped
+by prefix (`time/rollout`, `env/correct`, ...): `tensorboard --logdir runs`.
 """
 
 from __future__ import annotations
@@ -53,4 +56,39 @@ class RayMetrics:
         return gauge
 
 
-__all__ = ["RayMetrics"]
+class TensorBoardLog:
+    """TensorBoard event files of a run's step rows.
+
+    Args:
+        folder: where the event files go (created).
+    """
+
+    GROUPS = ("time", "env", "agent", "eval", "sync", "is", "value", "staleness")
+
+    def __init__(self, folder):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(folder), flush_secs=30)
+
+    @classmethod
+    def tag(cls, key: str) -> str:
+        """`time_rollout` -> `time/rollout`; ungrouped keys under `train/`."""
+        head, _, rest = key.partition("_")
+        return f"{head}/{rest}" if head in cls.GROUPS and rest else f"train/{key}"
+
+    def record(self, row: dict[str, Any]) -> None:
+        step = int(row.get("step", 0))
+        for key, value in row.items():
+            if (
+                key not in ("step", "epoch")
+                and isinstance(value, int | float)
+                and not isinstance(value, bool)
+            ):
+                self.writer.add_scalar(self.tag(key), float(value), step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+__all__ = ["RayMetrics", "TensorBoardLog"]

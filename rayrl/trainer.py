@@ -42,7 +42,7 @@ from rayrl.envs.base import BaseEnvironment
 from rayrl.envs.source import EnvironmentSource
 from rayrl.hardware import resolve_dtype
 from rayrl.logs import LEVEL_VAR, driver_level
-from rayrl.metrics_export import RayMetrics
+from rayrl.metrics_export import RayMetrics, TensorBoardLog
 from rayrl.model_store import resolve_model
 from rayrl.pipeline import RolloutPipeline
 from rayrl.placement import Role
@@ -196,7 +196,8 @@ class RayPPOTrainer:
         if resume is None:
             resume = find_resume(cfg.checkpoint, run_path)  # fails before any actor starts
         self.run = RunDirectory(cfg, run_path_of(resume) if resume else run_path)
-        self.exported = RayMetrics(self.run.path.name)  # each step's row in Ray's metrics
+        # each step's row, besides metrics.jsonl: Ray's metrics system and TensorBoard
+        self.sinks = [RayMetrics(self.run.path.name), TensorBoardLog(self.run.path / "tensorboard")]
         self.checkpoints = CheckpointStore(self.run.path, cfg.checkpoint.keep_last)
         model_path = resolve_model(cfg.model.model_name, cfg.model.cache_dir)
         self.model_path = model_path
@@ -437,7 +438,8 @@ class RayPPOTrainer:
         row = self._metrics(step, stats, {**score, **update}, sync, times)
         self.metrics_history.append(row)
         self.run.log(row)
-        self.exported.record(row)
+        for sink in self.sinks:
+            sink.record(row)
         log("metrics %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
         return row
 

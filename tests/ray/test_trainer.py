@@ -76,6 +76,12 @@ def test_metrics_history_and_run_files(finished_run):
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-3)  # policy == reference before the first update
     saved = yaml.safe_load((path / "config.yaml").read_text())
     assert saved["training"]["batch_size"] == 8
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(path / "tensorboard"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("train/reward_mean")]
+    assert logged == [(r["step"], pytest.approx(r["reward_mean"])) for r in rows]
 
 
 def scrape(ray, name: str, run: str, timeout_s: float = 60.0) -> float | None:

@@ -72,9 +72,10 @@ def cmd_train(args) -> int:
         print(f"held-out reward {before['reward_mean']:.3f} -> {after['reward_mean']:.3f}")
     print(f"metrics: {trainer.run.metrics_file} (TensorBoard: {trainer.run.path / 'tensorboard'})")
     try:
-        from rayrl.report import plot, read_run
+        from rayrl.report import report
 
-        print(f"plots: {plot(read_run(trainer.run.path), trainer.run.path / 'report.png')}")
+        _, png, page = report(trainer.run.path)
+        print(f"plots: {png}" + (f", sample episodes: {page}" if page else ""))
     except Exception as err:  # noqa: BLE001 - the run is done; a plot failure only loses the plot
         print(f"plots not written: {type(err).__name__}: {err}", file=sys.stderr)
     if summary["final_policy"]:
@@ -92,12 +93,14 @@ def cmd_report(args) -> int:
     from rayrl.report import report
 
     try:
-        table, png = report(args.run_dir)
+        table, png, page = report(args.run_dir)
     except (FileNotFoundError, ValueError) as err:
         print(f"rayrl: {err}", file=sys.stderr)
         return 2
     print(table)
     print(f"plots: {png}")
+    if page:
+        print(f"sample episodes: {page}")
     return 0
 
 

@@ -1,12 +1,15 @@
 """`rayrl report RUN_DIR`: a finished or interrupted run's summary table and plots.
 
-Reads what every run writes as it goes (`metrics.jsonl`, and `eval_before.json` /
-`summary.json` when they exist) and writes `report.png`: reward and success, held-out
-reward before and after, KL, response length and seconds per phase, per step.
+Reads what every run writes as it goes (`metrics.jsonl`, `samples.jsonl`, and
+`eval_before.json` / `summary.json` when they exist) and writes `report.png` (reward and
+success, held-out reward before and after, KL, response length and seconds per phase, per
+step) and `episodes.html` (a few episodes of each step as text: what the model wrote and
+is trained on, highlighted, among the prompt, tool results and feedback it saw).
 """
 
 from __future__ import annotations
 
+import html
 import json
 import statistics
 from pathlib import Path
@@ -126,10 +129,52 @@ def plot(run: dict[str, Any], out: str | Path) -> Path:
     return out
 
 
-def report(run_dir: str | Path) -> tuple[str, Path]:
-    """The summary table, and the plots written to `<run_dir>/report.png`."""
+_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title><style>
+body {{ font-family: sans-serif; margin: 2em; }}
+.episode {{ border: 1px solid #ccc; margin: 1em 0; padding: .5em; }}
+pre {{ white-space: pre-wrap; margin: 0; font-size: 13px; }}
+.trained {{ background: #d4f7d4; }}
+.context {{ color: #555; }}
+</style></head><body>
+<h1>{title}</h1>
+<p>Green: tokens the model generated, which the loss trains on. Grey: prompt, chat
+scaffolding, tool results and feedback (context only).</p>
+{body}
+</body></html>
+"""
+
+
+def episodes_html(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
+    """Write `<run_dir>/episodes.html` from `samples.jsonl`; None when the run has no samples."""
+    path = Path(run_dir)
+    samples = path / "samples.jsonl"
+    if not samples.is_file():
+        return None
+    parts = []
+    for line in samples.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # cut short by a run that died writing it
+            continue
+        parts.append(f"<h2>step {entry.get('step')}</h2>")
+        for episode in entry.get("episodes", []):
+            spans = "".join(
+                f'<span class="{"trained" if s["trained"] else "context"}">{html.escape(s["text"])}</span>'
+                for s in episode["spans"]
+            )
+            head = f"reward {episode['reward']:.3f}, group {episode['group']}, {episode['turns']} turn(s)"
+            parts.append(f'<div class="episode"><b>{head}</b><pre>{spans}</pre></div>')
+    out = Path(out) if out is not None else path / "episodes.html"
+    out.write_text(_PAGE.format(title=html.escape(f"episodes of {path.name}"), body="\n".join(parts)))
+    return out
+
+
+def report(run_dir: str | Path) -> tuple[str, Path, Path | None]:
+    """The summary table; the plots (`report.png`) and the sample episodes (`episodes.html`)
+    written into the run directory."""
     run = read_run(run_dir)
-    return summary_table(run), plot(run, Path(run_dir) / "report.png")
+    return summary_table(run), plot(run, Path(run_dir) / "report.png"), episodes_html(run_dir)
 
 
-__all__ = ["plot", "read_run", "report", "summary_table"]
+__all__ = ["episodes_html", "plot", "read_run", "report", "summary_table"]

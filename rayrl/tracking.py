@@ -44,10 +44,14 @@ class RunDirectory:
             adjustments.write_text("".join(json.dumps(r) + "\n" for r in rows if r.get("step", 0) <= step))
         return kept
 
-    def log(self, row: dict[str, Any]) -> None:
-        """Append one step's metrics."""
+    def log(self, row: dict[str, Any], samples: list[dict[str, Any]] | None = None) -> None:
+        """Append one step's metrics, and a few of its episodes to `samples.jsonl` (each
+        episode's text in spans, the trained ones marked, with its reward)."""
         with self.metrics_file.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        if samples:
+            with (self.path / "samples.jsonl").open("a") as f:
+                f.write(json.dumps({"step": row.get("step"), "episodes": samples}) + "\n")
 
     def log_adjustment(self, change: dict[str, Any]) -> None:
         """Append one automatic (or manual) hyper-parameter change and its reason."""

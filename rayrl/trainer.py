@@ -437,7 +437,7 @@ class RayPPOTrainer:
         times["step"] = time.perf_counter() - t_step
         row = self._metrics(step, stats, {**score, **update}, sync, times)
         self.metrics_history.append(row)
-        self.run.log(row)
+        self.run.log(row, stats.get("samples"))
         for sink in self.sinks:
             sink.record(row)
         log("metrics %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})

@@ -185,6 +185,7 @@ class EpisodeRunner:
         self.envs = EnvironmentPool(
             env_config, env_source, env_config.num_actors or max_episodes, env_scheduling
         )
+        self.samples_per_batch = 2  # episodes of each batch kept as text (samples.jsonl)
         self.driver = None
         if agent is not None and agent.kind == "queue":
             self.driver = QueueAgentDriver(self, agent, group_size)
@@ -409,6 +410,19 @@ class EpisodeRunner:
         units = list(units)
         batch.results.update(zip(units, await asyncio.gather(*(unit(k) for k in units)), strict=True))
 
+    def sample(self, episode: Episode) -> dict[str, Any]:
+        """An episode as text for people: spans of tokens, trained (the model's) or not
+        (prompt, chat scaffolding, observations), with its reward."""
+        spans, start = [], 0
+        mask = episode.loss_mask
+        for end in range(1, len(mask) + 1):
+            if end == len(mask) or mask[end] != mask[start]:
+                text = self.tokenizer.decode(episode.input_ids[start:end], skip_special_tokens=False)
+                spans.append({"text": text, "trained": bool(mask[start])})
+                start = end
+        reward = episode.reward + sum(episode.turn_rewards)
+        return {"reward": reward, "group": episode.group, "turns": episode.num_turns, "spans": spans}
+
     def _finish(self, batch: _Batch) -> tuple[pa.Table, dict]:
         """The batch's table and stats, or `EngineLost` (the batch held for a retry)."""
         episodes = batch.episodes
@@ -452,6 +466,7 @@ class EpisodeRunner:
             "episodes_retried": self.episodes_retried,
             "seconds": seconds,
             "token_versions": dict(generated),  # weight version -> trainable tokens it generated
+            "samples": [self.sample(e) for e in kept[: self.samples_per_batch]],
             # the user's agent's counters over this batch (one batch is collected at a time)
             "agent": {k: v - batch.counts0.get(k, 0) for k, v in getattr(self.driver, "counts", {}).items()},
         }

@@ -82,6 +82,11 @@ def test_metrics_history_and_run_files(finished_run):
     events.Reload()
     logged = [(e.step, e.value) for e in events.Scalars("train/reward_mean")]
     assert logged == [(r["step"], pytest.approx(r["reward_mean"])) for r in rows]
+    samples = [json.loads(line) for line in (path / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [1, 2] and all(len(s["episodes"]) == 2 for s in samples)
+    spans = samples[0]["episodes"][0]["spans"]
+    assert not spans[0]["trained"] and "<|im_start|>assistant" in spans[0]["text"]
+    assert any(s["trained"] for s in spans)
 
 
 def scrape(ray, name: str, run: str, timeout_s: float = 60.0) -> float | None:

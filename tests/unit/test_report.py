@@ -41,6 +41,24 @@ def write_run(path, n: int, finished: bool, cut: bool = False):
     text = "".join(json.dumps(r) + "\n" for r in rows(n))
     (path / "metrics.jsonl").write_text(text + ('{"step": 99, "rew' if cut else ""))
     (path / "eval_before.json").write_text(json.dumps({"reward_mean": 0.1, "episodes": 64}))
+    samples = {
+        "step": 1,
+        "episodes": [
+            {
+                "reward": 0.5,
+                "group": 0,
+                "turns": 2,
+                "spans": [
+                    {
+                        "text": "<|im_start|>user\nWhat is 2 < 3?<|im_end|>\n<|im_start|>assistant\n",
+                        "trained": False,
+                    },
+                    {"text": "Yes & no<|im_end|>", "trained": True},
+                ],
+            }
+        ],
+    }
+    (path / "samples.jsonl").write_text(json.dumps(samples) + "\n")
     if finished:
         summary = {"eval_held_out_before": {"reward_mean": 0.1, "episodes": 64}}
         summary["eval_held_out_after"] = {"reward_mean": 0.6, "episodes": 64}
@@ -58,6 +76,10 @@ def test_report_of_a_finished_run(tmp_path, capsys):
     assert "median update s" in out and "engine_restarts 1" in out
     png = run / "report.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    page = (run / "episodes.html").read_text()
+    assert "sample episodes:" in out and "<h2>step 1</h2>" in page
+    assert '<span class="trained">Yes &amp; no&lt;|im_end|&gt;</span>' in page  # escaped, marked
+    assert "What is 2 &lt; 3?" in page and "reward 0.500, group 0, 2 turn(s)" in page
     from matplotlib.image import imread
 
     assert imread(png).shape[:2] == (640, 1200)  # six panels at 15 x 8 inches, 80 dpi

@@ -1,5 +1,5 @@
 """`rayrl` command line: `rayrl train CONFIG [section.key=value ...]`, `rayrl check CONFIG ...`,
-`rayrl report RUN_DIR`."""
+`rayrl report RUN_DIR`, `rayrl eval RUN_DIR_OR_MODEL [CONFIG] [--compare BASE]`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from rayrl.config import ConfigError, ConfigStore
 
@@ -104,12 +105,49 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from rayrl.evaluation import evaluate_policy, policy_of, table
+
+    model, run_dir = policy_of(args.target)
+    config_file = args.config or (run_dir / "config.yaml" if run_dir else None)
+    if config_file is None:
+        print("rayrl: eval of a model needs a CONFIG naming its environment", file=sys.stderr)
+        return 2
+    config = ConfigStore.from_yaml(config_file, args.overrides)
+    config.ray.include_dashboard = False
+    results = {}
+    for name, policy in [("base", args.compare), ("trained" if args.compare else "policy", model)]:
+        if policy is not None:
+            results[name] = evaluate_policy(
+                config, policy, args.episodes, args.samples, args.seed, args.temperature
+            )
+    print(table(results))
+    out = Path(args.out) if args.out else (run_dir / "eval.json" if run_dir else None)
+    if out is not None:
+        out.write_text(json.dumps(results, indent=2))
+        print(f"written: {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rayrl", description="Ray-native RL for LLM agents")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("report", help="summary table and plots of a run directory, finished or not")
     p.add_argument("run_dir", help="a run directory (it holds metrics.jsonl)")
     p.set_defaults(fn=cmd_report)
+    p = sub.add_parser(
+        "eval", help="held-out episodes of a run's policy (or a model), optionally against a base"
+    )
+    p.add_argument("target", help="a run directory (its final policy and config) or a model folder or name")
+    p.add_argument("config", nargs="?", help="YAML config (default: the run's config.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. environment.max_turns=3")
+    p.add_argument("--episodes", type=int, default=64, help="held-out tasks (default 64)")
+    p.add_argument("--samples", type=int, default=1, help="episodes per task: pass@k for k > 1")
+    p.add_argument("--compare", help="a base model to evaluate on the same tasks, side by side")
+    p.add_argument("--temperature", type=float, help="sampling temperature (default: the run's)")
+    p.add_argument("--seed", type=int, default=1234, help="task draw and sampling seed")
+    p.add_argument("--out", help="JSON file for the results (default: <run>/eval.json)")
+    p.set_defaults(fn=cmd_eval)
     for name, fn, text in (
         ("train", cmd_train, "train from a YAML config"),
         ("check", cmd_check, "validate a config and print it resolved"),

@@ -188,9 +188,10 @@ class RayPPOTrainer:
         self.rng = random.Random(config.training.seed)
 
     # ---- setup ---------------------------------------------------------------
-    def setup(self, resume: Path | None = None) -> None:
+    def setup(self, resume: Path | None = None, roles: list[Role] | None = None) -> None:
         """Resolve the model, place the roles, start their actors and join weight sync;
-        then load `resume` (default: the checkpoint `checkpoint.resume` names, if any)."""
+        then load `resume` (default: the checkpoint `checkpoint.resume` names, if any).
+        `roles`: start only these (evaluation needs only the engines and the agent loop)."""
         cfg = self.config
         run_path = self.run.path if self.run is not None else RunDirectory.path_for(cfg)
         if resume is None:
@@ -221,7 +222,7 @@ class RayPPOTrainer:
         critic_path = (
             resolve_model(cfg.critic.model_name, cfg.model.cache_dir) if cfg.critic.model_name else model_path
         )
-        n = placement.roles_for(cfg)
+        n = {r: count for r, count in placement.roles_for(cfg).items() if roles is None or r in roles}
         # Every role as (class, constructor arguments of member i): what a restart rebuilds.
         cls = self.role_classes
         declared: dict[Role, tuple[type, Callable[[int], tuple]]] = {
@@ -279,8 +280,8 @@ class RayPPOTrainer:
             waits.append(self.runner.ready.remote())  # environment hosts start meanwhile
         if Role.REFERENCE in roles:
             waits += [a.__ray_ready__.remote() for a in self.references]
-        if Role.ROLLOUT in roles or Role.LEARNER in roles:
-            ray.get(starts)
+        ray.get(starts)
+        if self.learner is not None and (Role.ROLLOUT in roles or Role.LEARNER in roles):
             self.spec = ray.get(self.learner.weight_spec.remote())
             self.join_weight_sync()
         ray.get(waits)
@@ -563,7 +564,7 @@ class RayPPOTrainer:
 
     def evaluate(self, num_tasks: int, held_out: bool = True, seed: int = 1234) -> dict[str, float]:
         """Mean reward and success of one sampled episode per task (held-out tasks by default)."""
-        if self.learner is None:
+        if self.runner is None:
             self.setup()
         rng = random.Random(seed)
         tasks = sample_tasks(

@@ -4,6 +4,7 @@ Prints step time, phase times, steps and seconds to a rolling-3 reward of 0.9 an
 reward of the last steps.
 
     .venv/bin/python bench/bench_async.py [--steps 20] [--ks 0 1 2] [--target 0.9] [--keep DIR]
+    .venv/bin/python bench/bench_async.py --steps 60 --to-target     # time to 0.9, each run stopping there
 
 Each run is `rayrl train jobs/math_feedback.yaml` with `training.max_staleness=k` (and
 `training.rollout_correction=truncate` for k > 0) in a process of its own. What to read
@@ -25,9 +26,10 @@ import tempfile
 from pathlib import Path
 
 
-def run(k: int, steps: int, run_dir: str) -> list[dict]:
+def run(k: int, steps: int, run_dir: str, stop_at: float | None = None) -> list[dict]:
     overrides = [
         f"training.num_epochs={steps}",
+        *([f"training.stop_at_reward={stop_at}"] if stop_at is not None else []),
         f"training.max_staleness={k}",
         f"training.rollout_correction={'truncate' if k else 'none'}",
         "training.eval_tasks=0",
@@ -83,7 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         run_dir = args.keep or scratch
         for k in args.ks:
-            rows = run(k, args.steps, run_dir)
+            rows = run(k, args.steps, run_dir, args.target if args.to_target else None)
             results.append(summarize(k, rows, args.target))
             print(f"k={k} reward per step: " + " ".join(f"{r['reward_mean']:.2f}" for r in rows), flush=True)
     keys = list(results[0])

@@ -200,6 +200,10 @@ class TrainingConfig(_Section):
     """Optional "module:function" scoring each episode from its summary dict (the trainer's
     `reward_fn`), replacing the environment's reward."""
 
+    stop_at_reward: float | None = None
+    """End the run once the mean reward of the last 3 steps reaches this (None: run all
+    `num_epochs`)."""
+
     max_failures: int = Field(3, ge=0)
     """Times a run restarts from its newest checkpoint after a training role (learner,
     critic, reference, agent loop) dies; needs `checkpoint.save_interval`."""

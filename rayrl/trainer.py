@@ -48,7 +48,7 @@ from rayrl.pipeline import RolloutPipeline
 from rayrl.placement import Role
 from rayrl.recovery import Recovery
 from rayrl.tracking import RunDirectory
-from rayrl.training.callbacks import Callback, CallbackList
+from rayrl.training.callbacks import Callback, CallbackList, StopAtReward
 from rayrl.weight_sync import DEFAULT_BUCKET_BYTES, sync_engines
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,12 @@ class RayPPOTrainer:
         agent_objects = [self.agent.agent, self.agent.env] if self.agent else []
         for obj in [*(self.env_source.user_objects if self.env_source else []), reward_fn, *agent_objects]:
             _ship_by_value(obj)
-        self.callbacks = CallbackList(callbacks or [])
+        stop = (
+            [StopAtReward(config.training.stop_at_reward)]
+            if config.training.stop_at_reward is not None
+            else []
+        )
+        self.callbacks = CallbackList([*(callbacks or []), *stop])
         self.stop_reason: str | None = None
         self.learning_rate = config.training.learning_rate
         self._warned: set[str] = set()

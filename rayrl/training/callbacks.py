@@ -204,6 +204,34 @@ def _unique_names(callbacks: list[Callback]) -> list[str]:
     return names
 
 
+class StopAtReward(Callback):
+    """Stop training once the mean reward of the last `window` steps reaches `threshold`
+    (`training.stop_at_reward`): a run to a target, as benchmarks time it.
+
+    Args:
+        threshold: the rolling mean of `reward_mean` that ends the run.
+        window: steps in the rolling mean (>= 1).
+    """
+
+    def __init__(self, threshold: float, window: int = 3):
+        if window < 1:
+            raise ConfigError(f"StopAtReward.window must be >= 1, got {window}")
+        self.threshold, self.window = threshold, window
+        self.rewards: list[float] = []
+
+    def on_step_end(self, trainer: TrainerControl, row: dict[str, Any]) -> None:
+        self.rewards = (self.rewards + [float(row["reward_mean"])])[-self.window :]
+        mean = sum(self.rewards) / len(self.rewards)
+        if len(self.rewards) == self.window and mean >= self.threshold:
+            trainer.request_stop(f"rolling-{self.window} reward {mean:.3f} >= {self.threshold:g}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rewards": list(self.rewards)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.rewards = [float(r) for r in state.get("rewards", [])]
+
+
 class EarlyStopping(Callback):
     """Stop training when a metric has stopped improving.
 

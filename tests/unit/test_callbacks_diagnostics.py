@@ -526,3 +526,20 @@ def test_the_callback_layer_imports_without_ray_or_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_stop_at_reward_ends_the_run_when_the_rolling_mean_reaches_the_target():
+    from rayrl.config import ConfigStore
+    from rayrl.training.callbacks import StopAtReward
+
+    rewards = [0.5, 0.95, 0.95, 0.85, 0.92, 0.93, 0.99]
+    stop = StopAtReward(0.9)
+    trainer, seen = drive([stop], [{"step": i + 1, "reward_mean": r} for i, r in enumerate(rewards)])
+    # rolling-3 means: -, -, 0.80, 0.917 -> stop after step 4 (one high step alone is not enough)
+    assert len(seen) == 4 and trainer.stop_reason == "rolling-3 reward 0.917 >= 0.9"
+    resumed = StopAtReward(0.9)
+    resumed.load_state_dict(stop.state_dict())
+    assert resumed.rewards == [0.95, 0.95, 0.85]
+    with pytest.raises(ConfigError):
+        StopAtReward(0.9, window=0)
+    assert ConfigStore.from_dict({"training": {"stop_at_reward": 0.9}}).training.stop_at_reward == 0.9

@@ -78,6 +78,11 @@ def main() -> None:
     parser.add_argument("--ks", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--target", type=float, default=0.9)
     parser.add_argument(
+        "--to-target",
+        action="store_true",
+        help="stop each run once its rolling-3 reward reaches --target (--steps is then the most)",
+    )
+    parser.add_argument(
         "--keep", help="folder to keep the runs in (metrics.jsonl per k); default: a temporary one"
     )
     args = parser.parse_args()

@@ -98,7 +98,7 @@ def evaluate_policy(
     config.checkpoint.resume = None
     trainer = RayPPOTrainer(config)
     try:
-        trainer.setup(roles=[Role.ROLLOUT, Role.AGENT_LOOP])
+        trainer.setup(only=[Role.ROLLOUT, Role.AGENT_LOOP])
         drawn = sample_tasks(config.environment, tasks, random.Random(seed), evaluation=True)
         _, stats_ref = trainer.runner.collect.options(num_returns=2).remote(drawn, samples, temperature, seed)
         stats = ray.get(stats_ref)

@@ -193,10 +193,10 @@ class RayPPOTrainer:
         self.rng = random.Random(config.training.seed)
 
     # ---- setup ---------------------------------------------------------------
-    def setup(self, resume: Path | None = None, roles: list[Role] | None = None) -> None:
+    def setup(self, resume: Path | None = None, only: list[Role] | None = None) -> None:
         """Resolve the model, place the roles, start their actors and join weight sync;
         then load `resume` (default: the checkpoint `checkpoint.resume` names, if any).
-        `roles`: start only these (evaluation needs only the engines and the agent loop)."""
+        `only`: start only these roles (evaluation needs only the engines and the agent loop)."""
         cfg = self.config
         run_path = self.run.path if self.run is not None else RunDirectory.path_for(cfg)
         if resume is None:
@@ -227,7 +227,7 @@ class RayPPOTrainer:
         critic_path = (
             resolve_model(cfg.critic.model_name, cfg.model.cache_dir) if cfg.critic.model_name else model_path
         )
-        n = {r: count for r, count in placement.roles_for(cfg).items() if roles is None or r in roles}
+        n = {r: count for r, count in placement.roles_for(cfg).items() if only is None or r in only}
         # Every role as (class, constructor arguments of member i): what a restart rebuilds.
         cls = self.role_classes
         declared: dict[Role, tuple[type, Callable[[int], tuple]]] = {

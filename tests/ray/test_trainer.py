@@ -89,21 +89,23 @@ def test_metrics_history_and_run_files(finished_run):
     assert any(s["trained"] for s in spans)
 
 
-def scrape(ray, name: str, run: str, timeout_s: float = 60.0) -> float | None:
-    """The value of `name` tagged `run` on this node's Prometheus endpoint (None: never seen)."""
+def scrape(ray, name: str, run: str, expected: float, timeout_s: float = 60.0) -> float | None:
+    """The value of `name` tagged `run` on this node's Prometheus endpoint, polled until it
+    equals `expected` (Ray exports recorded values every few seconds) or the time is up."""
     import re
     import urllib.request
 
     port = ray.nodes()[0]["MetricsExportPort"]
     pattern = re.compile(rf'^{name}{{[^}}]*run="{run}"[^}}]*}} (\S+)$', re.M)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:  # Ray exports recorded values every few seconds
+    deadline, value = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         found = pattern.search(text)
-        if found:
-            return float(found.group(1))
+        value = float(found.group(1)) if found else None
+        if value == pytest.approx(expected, rel=1e-6):
+            break
         time.sleep(2.0)
-    return None
+    return value
 
 
 def test_step_metrics_reach_the_nodes_prometheus_endpoint(finished_run, ray_local):
@@ -111,7 +113,9 @@ def test_step_metrics_reach_the_nodes_prometheus_endpoint(finished_run, ray_loca
     _, history, _ = finished_run
     last = history[-1]
     for key in ("reward_mean", "weight_version", "time_update", "tokens_per_s", "engine_restarts"):
-        assert scrape(ray_local, f"ray_rayrl_{key}", "tiny") == pytest.approx(last[key], rel=1e-6), key
+        assert scrape(ray_local, f"ray_rayrl_{key}", "tiny", last[key]) == pytest.approx(
+            last[key], rel=1e-6
+        ), key
 
 
 def test_final_policy_is_a_loadable_hf_folder(finished_run):

@@ -4,6 +4,8 @@ reason, `request_stop` ends training early."""
 
 import json
 
+import pytest
+
 from rayrl.trainer import RayPPOTrainer
 from rayrl.training import Callback
 from tests.ray.test_trainer import tiny_config
@@ -32,6 +34,7 @@ class Broken(Callback):
         raise RuntimeError("callback bug")
 
 
+@pytest.mark.slow  # adjust and stop through a real run: test_agent_training.py's AutoTrainer run
 def test_callbacks_adjust_and_stop_a_real_run(ray_local, tiny_model, tmp_path):
     config = tiny_config(
         tiny_model,

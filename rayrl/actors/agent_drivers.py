@@ -19,12 +19,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import logging
 import math
 import secrets
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from rayrl.agent.async_agent import (
@@ -42,8 +41,6 @@ from rayrl.config import AgentRunConfig, ConfigError
 
 if TYPE_CHECKING:
     from rayrl.actors.agent_loop import Episode, EpisodeRunner
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -89,10 +86,6 @@ def plan_agent(config: AgentRunConfig, agent: Any = None) -> AgentPlan | None:
         )
     except (ValueError, TypeError) as err:
         raise ConfigError(f"agent: {err}") from None
-
-
-def _lost(episode_cls, group: int, turns: int, engine: int, err: BaseException):
-    return episode_cls([], [], [], 0.0, group, turns, error=repr(err)[:300], lost_engine=engine)
 
 
 def _episode(episode_cls, t: Trajectory, group: int, version: int) -> Episode:
@@ -145,7 +138,7 @@ class QueueAgentDriver:
         try:
             prompt = await self.runner.agent_prompt(qid, task)
         except Exception as err:  # noqa: BLE001 - an environment bug ends its own group only
-            return [Episode([], [], [], 0.0, group, 0, error=f"environment failed: {err}")]
+            return [Episode.failed(group, f"environment failed: {err}")]
         self.env.id2info[qid] = {"task": task, "answer": self.runner.reference_answer(task)}
         counter = {"requests": 0, "version": -1}
         calls = [prompt]
@@ -158,16 +151,20 @@ class QueueAgentDriver:
             )
         except asyncio.TimeoutError:
             message = f"agent ran past agent.episode_timeout_s={self.timeout_s:g} on this group"
-            return [Episode([], [], [], 0.0, group, 0, error=message)]
+            return [Episode.failed(group, message)]
         except Exception as err:  # noqa: BLE001 - the agent's or the engine's failure
             if engine_died(err):
-                return [_lost(Episode, group, counter["requests"], getattr(err, "engine", engine), err)]
-            return [Episode([], [], [], 0.0, group, 0, error=f"agent failed: {type(err).__name__}: {err}")]
+                return [
+                    Episode.failed(
+                        group, repr(err)[:300], counter["requests"], getattr(err, "engine", engine)
+                    )
+                ]
+            return [Episode.failed(group, f"agent failed: {type(err).__name__}: {err}")]
         finally:
             self.env.id2info.pop(qid, None)
         trajectories = [t for result in results for t in (result if isinstance(result, list) else [result])]
         if not all(isinstance(t, Trajectory) for t in trajectories):
-            return [Episode([], [], [], 0.0, group, 0, error="agent must return a list of Trajectory")]
+            return [Episode.failed(group, "agent must return a list of Trajectory")]
         return [_episode(Episode, t, group, counter["version"]) for t in trajectories]
 
     async def _drive(self, prompt: AgentPrompt, engine: int, temperature, seed, counter: dict):
@@ -201,10 +198,7 @@ class QueueAgentDriver:
     async def _serve(self, request, act_queue, engine: int, temperature, seed, counter: dict) -> None:
         qid, token_ids, gconfig = request
         gconfig = gconfig or GenerationConfig()
-        inf = self.runner.inference
-        budget = min(
-            gconfig.max_new_tokens or inf.max_tokens, inf.max_tokens, inf.max_model_len - len(token_ids) - 1
-        )
+        budget = self.runner.turn_budget(len(token_ids), gconfig.max_new_tokens)
         n_engines = len(self.runner.engines)
         base = counter["requests"]
         counter["requests"] += gconfig.n
@@ -241,7 +235,6 @@ class _OpenEpisode:
     lost: BaseException | None = None
     refused: str | None = None
     truncated: bool = False
-    tool_names: list[str] = field(default_factory=list)
 
 
 class AgentEndpoint:
@@ -360,7 +353,7 @@ class AgentEndpoint:
         asked = body.get("max_completion_tokens") or body.get("max_tokens") or inf.max_tokens
         if not isinstance(asked, int) or asked < 1:
             return self._error(400, f"max_tokens must be a positive integer, got {asked!r}")
-        budget = min(asked, inf.max_tokens, inf.max_model_len - len(prompt_ids) - 1)
+        budget = self.runner.turn_budget(len(prompt_ids), asked)
         if budget < 1:
             episode.truncated = True
             return self._error(400, f"the conversation fills the context ({inf.max_model_len} tokens)")
@@ -453,13 +446,13 @@ class FunctionAgentDriver:
         self.counts["requests"] += capture.requests
         self.counts["history_rewrites"] += capture.rewrites
         if episode.lost is not None:
-            return [_lost(Episode, group, capture.requests, engine, episode.lost)]
+            return [Episode.failed(group, repr(episode.lost)[:300], capture.requests, engine)]
         if episode.refused:
             self.counts["refused"] += 1
-            return [Episode([], [], [], 0.0, group, 0, error=episode.refused)]
+            return [Episode.failed(group, episode.refused)]
         if error is not None:
             self.counts["failed"] += 1
-            return [Episode([], [], [], 0.0, group, 0, error=error)]
+            return [Episode.failed(group, error)]
         pieces = [
             Episode(
                 s.ids,
@@ -474,4 +467,4 @@ class FunctionAgentDriver:
             for s in capture.segments
             if any(s.mask)
         ]
-        return pieces or [Episode([], [], [], 0.0, group, 0, error="the agent made no request")]
+        return pieces or [Episode.failed(group, "the agent made no request")]

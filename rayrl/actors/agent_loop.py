@@ -68,6 +68,12 @@ class Episode:
         default_factory=list
     )  # per token: weight version that generated it, -1 if none
 
+    @classmethod
+    def failed(cls, group: int, error: str, turns: int = 0, lost_engine: int | None = None) -> Episode:
+        """An episode with nothing to train on, and why (dropped and counted; with
+        `lost_engine`, played again once that engine is replaced)."""
+        return cls([], [], [], 0.0, group, turns, error=error, lost_engine=lost_engine)
+
 
 @dataclass
 class _Batch:
@@ -220,6 +226,17 @@ class EpisodeRunner:
             messages, [{"role": "user", "content": observation}], ended_with_eos
         )
 
+    def turn_budget(self, prompt_tokens: int, asked: int | None = None) -> int:
+        """Most tokens one turn may generate: `asked`, capped by `inference.max_tokens` and by
+        the context left after the prompt (< 1: no room for a turn)."""
+        inf = self.inference
+        return min(asked or inf.max_tokens, inf.max_tokens, inf.max_model_len - prompt_tokens - 1)
+
+    @property
+    def per_group(self) -> bool:
+        """Whether episodes are played a group (task) at a time: a queue-driven agent."""
+        return self.driver is not None and self.driver.per_group
+
     async def agent_prompt(self, qid: str, task: Any) -> AgentPrompt:
         """The opening prompt of `task` for a queue-driven agent: the environment's first
         observation (from an environment host) as the conversation's first user turn."""
@@ -260,14 +277,14 @@ class EpisodeRunner:
         try:
             first = await env.reset(task)
         except EnvironmentFailure as err:  # an environment bug ends its own episode only
-            return Episode([], [], [], 0.0, group, 0, error=str(err))
+            return Episode.failed(group, str(err))
         ids, messages = self.prompt_ids(first)
         mask = [0] * len(ids)
         logprobs = [0.0] * len(ids)
         versions = [-1] * len(ids)
         reward, info, error, turns, truncated = 0.0, {}, None, 0, False
         for _ in range(self.max_turns):
-            budget = min(self.inference.max_tokens, self.inference.max_model_len - len(ids) - 1)
+            budget = self.turn_budget(len(ids))
             if budget < 1:  # the episode ends here like one that ran out of turns
                 truncated = True
                 break
@@ -277,7 +294,7 @@ class EpisodeRunner:
             except Exception as err:
                 if not engine_died(err):
                     raise
-                return Episode([], [], [], 0.0, group, turns, error=repr(err)[:300], lost_engine=engine)
+                return Episode.failed(group, repr(err)[:300], turns, lost_engine=engine)
             turns += 1
             ids += gen.token_ids
             mask += [1] * len(gen.token_ids)
@@ -380,8 +397,7 @@ class EpisodeRunner:
         """
         counts = dict(getattr(self.driver, "counts", {}))
         batch = _Batch(tasks, group_size, temperature, seed, {}, time.perf_counter(), counts)
-        per_group = self.driver is not None and self.driver.per_group
-        await self._run_units(batch, range(len(tasks) if per_group else len(tasks) * group_size))
+        await self._run_units(batch, range(len(tasks) if self.per_group else len(tasks) * group_size))
         return self._finish(batch)
 
     async def retry_lost(self, engines: list) -> tuple[pa.Table, dict]:
@@ -399,8 +415,7 @@ class EpisodeRunner:
         agent) on engines round robin, seeded from the batch's seed and the unit."""
 
         async def unit(k: int) -> list[Episode]:
-            per_group = self.driver is not None and self.driver.per_group
-            g = k if per_group else k // batch.group_size
+            g = k if self.per_group else k // batch.group_size
             seed = None if batch.seed is None else (batch.seed * 10_007 + k * 64) % 2**31
             engine = k % len(self.engines)
             if self.driver is None:

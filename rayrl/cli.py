@@ -1,5 +1,6 @@
 """`rayrl` command line: `rayrl train CONFIG [section.key=value ...]`, `rayrl check CONFIG ...`,
-`rayrl report RUN_DIR`, `rayrl eval RUN_DIR_OR_MODEL [CONFIG] [--compare BASE]`."""
+`rayrl report RUN_DIR`, `rayrl eval RUN_DIR_OR_MODEL [CONFIG] [--compare BASE]`,
+`rayrl serve RUN_DIR_OR_MODEL [--port] [--token]`."""
 
 from __future__ import annotations
 
@@ -129,6 +130,26 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from rayrl.serve import ServeConfig, deploy, shutdown
+
+    fields = {
+        k: getattr(args, k) for k in ("host", "port", "token", "max_tokens") if getattr(args, k) is not None
+    }
+    try:
+        url = deploy(args.target, ServeConfig(**fields))
+    except FileNotFoundError as err:
+        print(f"rayrl: {err}", file=sys.stderr)
+        return 2
+    print(f"serving {args.target} at {url}/v1 (OpenAI chat completions) and {url}/solve; Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        shutdown()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rayrl", description="Ray-native RL for LLM agents")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,6 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1234, help="task draw and sampling seed")
     p.add_argument("--out", help="JSON file for the results (default: <run>/eval.json)")
     p.set_defaults(fn=cmd_eval)
+    p = sub.add_parser("serve", help="serve a run's policy (or a model) with Ray Serve, OpenAI-compatible")
+    p.add_argument("target", help="a run directory (its final policy) or a model folder or name")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    p.add_argument("--token", help="bearer token every request must carry")
+    p.add_argument("--max-tokens", dest="max_tokens", type=int, help="cap on a reply's tokens (default 1024)")
+    p.set_defaults(fn=cmd_serve)
     for name, fn, text in (
         ("train", cmd_train, "train from a YAML config"),
         ("check", cmd_check, "validate a config and print it resolved"),

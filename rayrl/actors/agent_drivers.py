@@ -21,7 +21,6 @@ import inspect
 import json
 import math
 import secrets
-import time
 import uuid
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -37,6 +36,14 @@ from rayrl.agent.async_agent import (
     load_object,
 )
 from rayrl.agent.capture import HistoryRewritten, TokenCapture
+from rayrl.agent.openai_format import (
+    RequestError,
+    chat_completion,
+    error_body,
+    finish_reason,
+    read_chat_request,
+    token_logprobs,
+)
 from rayrl.config import AgentRunConfig, ConfigError
 
 if TYPE_CHECKING:
@@ -296,7 +303,7 @@ class AgentEndpoint:
     def _error(self, status: int, message: str, kind: str = "invalid_request_error"):
         from aiohttp import web
 
-        return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status)
+        return web.json_response(error_body(status, message, kind), status=status)
 
     def _check(self, request) -> _OpenEpisode | Any:
         if request.headers.get("Authorization", "") != f"Bearer {self.token}":
@@ -330,30 +337,24 @@ class AgentEndpoint:
             return self._error(400, "the request body is not JSON")
         except web.HTTPRequestEntityTooLarge:
             return self._error(413, f"request larger than {self.max_request_bytes} bytes")
-        if not isinstance(body, dict):
-            return self._error(400, "the request body must be a JSON object")
-        if body.get("stream"):
+        try:
+            req = read_chat_request(body)
+        except RequestError as err:
+            return self._error(err.status, str(err), err.kind)
+        if req.stream:
             return self._error(400, "stream=true is not served during training; ask without streaming")
-        if body.get("n", 1) != 1:
-            return self._error(400, "n must be 1 (each request is one turn of one episode)")
-        tools = body.get("tools") or None
-        if tools is not None and not isinstance(tools, list):
-            return self._error(400, "tools must be a list of OpenAI tool schemas")
         if episode.refused:
             return self._error(409, episode.refused)
         capture = episode.capture
         try:
-            prompt_ids = capture.prompt(body.get("messages"), tools)
+            prompt_ids = capture.prompt(req.messages, req.tools)
         except HistoryRewritten as err:
             episode.refused = str(err)
             return self._error(409, str(err))
         except ValueError as err:
             return self._error(400, f"messages: {err}")
         inf = self.runner.inference
-        asked = body.get("max_completion_tokens") or body.get("max_tokens") or inf.max_tokens
-        if not isinstance(asked, int) or asked < 1:
-            return self._error(400, f"max_tokens must be a positive integer, got {asked!r}")
-        budget = self.runner.turn_budget(len(prompt_ids), asked)
+        budget = self.runner.turn_budget(len(prompt_ids), req.max_tokens or inf.max_tokens)
         if budget < 1:
             episode.truncated = True
             return self._error(400, f"the conversation fills the context ({inf.max_model_len} tokens)")
@@ -367,33 +368,19 @@ class AgentEndpoint:
                 raise
             episode.lost = err
             return self._error(503, "the rollout engine serving this episode died", "server_error")
-        names = [t.get("function", {}).get("name") for t in tools or [] if isinstance(t, dict)]
-        message = capture.record(gen.token_ids, gen.logprobs, gen.weight_version, gen.finish_reason, names)
-        finish = (
-            "tool_calls" if "tool_calls" in message else "length" if gen.finish_reason == "length" else "stop"
+        message = capture.record(
+            gen.token_ids, gen.logprobs, gen.weight_version, gen.finish_reason, req.tool_names
         )
-        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
-        if body.get("logprobs"):  # vLLM's convention for exact ids: "token_id:<id>"
-            choice["logprobs"] = {
-                "content": [
-                    {"token": f"token_id:{t}", "logprob": lp, "bytes": None, "top_logprobs": []}
-                    for t, lp in zip(gen.token_ids, gen.logprobs, strict=True)
-                ]
-            }
-        n_prompt, n_out = len(prompt_ids), len(gen.token_ids)
+        logprobs = token_logprobs(gen.token_ids, gen.logprobs) if req.logprobs else None
         return web.json_response(
-            {
-                "id": "chatcmpl-" + uuid.uuid4().hex,
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": str(body.get("model") or "policy"),
-                "choices": [choice],
-                "usage": {
-                    "prompt_tokens": n_prompt,
-                    "completion_tokens": n_out,
-                    "total_tokens": n_prompt + n_out,
-                },
-            }
+            chat_completion(
+                message,
+                finish_reason(message, gen.finish_reason),
+                req.model or "policy",
+                len(prompt_ids),
+                len(gen.token_ids),
+                logprobs,
+            )
         )
 
 

@@ -149,7 +149,7 @@ class Agent(ABC):
         Returns:
             The agent, so that `agent = await MultiTurnAgent(config).initialize()` works.
         """
-        if not self.is_initialized:
+        if not self.is_initialized and not self.config.endpoint:
             await asyncio.to_thread(self._start_engine)
         return self
 
@@ -287,10 +287,30 @@ class Agent(ABC):
             The reply text, without surrounding whitespace.
         """
         prepared = self.prepare_messages(messages)
+        if self.config.endpoint:
+            return (await self._generate_remote(prepared, max_new_tokens, temperature)).strip()
         if not self.is_initialized:
             await self.initialize()
         text = await asyncio.to_thread(self._generate, prepared, max_new_tokens, temperature)
         return text.strip()
+
+    async def _generate_remote(
+        self, messages: list[dict[str, str]], max_new_tokens: int | None, temperature: float | None
+    ) -> str:
+        """The reply from `config.endpoint` (an OpenAI-compatible server such as `rayrl serve`)."""
+        from openai import AsyncOpenAI
+
+        c = self.config
+        async with AsyncOpenAI(base_url=c.endpoint, api_key=c.endpoint_token or "none") as client:
+            reply = await client.chat.completions.create(
+                model=c.model_name,
+                messages=messages,
+                max_tokens=max_new_tokens or c.max_new_tokens,
+                temperature=c.temperature if temperature is None else temperature,
+                top_p=c.top_p,
+                stop=list(c.stop) or None,
+            )
+        return reply.choices[0].message.content or ""
 
     def _generate(
         self, messages: list[dict[str, str]], max_new_tokens: int | None, temperature: float | None

@@ -88,6 +88,13 @@ class AgentConfig(BaseModel):
     seed: int = 0
     """Sampling seed of the local engine."""
 
+    endpoint: str | None = None
+    """Base URL of an OpenAI-compatible server to generate with instead of a local engine
+    (`rayrl serve`'s `http://127.0.0.1:8000/v1`, say); `model_name` is then the name sent."""
+
+    endpoint_token: str | None = None
+    """Bearer token for `endpoint`."""
+
     def __init__(self, **data: Any):
         try:
             super().__init__(**data)

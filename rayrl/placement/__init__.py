@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
+from typing import Any
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
@@ -293,3 +294,29 @@ def _kill(actor) -> None:
         ray.kill(actor, no_restart=True)
     except Exception:  # noqa: BLE001 - already gone
         pass
+
+
+def serve_deployment(cls: type, settings: Any, env_vars: dict[str, str]):
+    """`cls` (a plain class with `async start()`) as a Ray Serve deployment: each replica
+    builds it and awaits `start()` before taking requests, on a GPU where the cluster
+    has one. `settings` gives `num_replicas`, `max_ongoing_requests` and `num_cpus`."""
+    from ray import serve
+
+    class Replica(cls):  # type: ignore[misc, valid-type]
+        async def __init__(self, *args, **kwargs):  # type: ignore[misc]  # Serve awaits it
+            super().__init__(*args, **kwargs)
+            await self.start()
+
+    Replica.__name__ = Replica.__qualname__ = cls.__name__
+    use_gpu = cluster_has_gpus()
+    return serve.deployment(
+        Replica,
+        name=cls.__name__,
+        num_replicas=settings.num_replicas,
+        max_ongoing_requests=settings.max_ongoing_requests,
+        ray_actor_options={
+            "num_cpus": 0 if use_gpu else settings.num_cpus,
+            "num_gpus": 1 if use_gpu else 0,
+            "runtime_env": {"env_vars": dict(env_vars)},
+        },
+    )

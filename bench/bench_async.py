@@ -5,6 +5,7 @@ reward of the last steps.
 
     .venv/bin/python bench/bench_async.py [--steps 20] [--ks 0 1 2] [--target 0.9] [--keep DIR]
     .venv/bin/python bench/bench_async.py --steps 60 --to-target     # time to 0.9, each run stopping there
+    .venv/bin/python bench/bench_async.py --keep DIR --reuse ...     # k0 already run in DIR/k0 (the default job)
 
 Each run is `rayrl train jobs/math_feedback.yaml` with `training.max_staleness=k` (and
 `training.rollout_correction=truncate` for k > 0) in a process of its own. What to read
@@ -85,12 +86,22 @@ def main() -> None:
     parser.add_argument(
         "--keep", help="folder to keep the runs in (metrics.jsonl per k); default: a temporary one"
     )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="read a run already in --keep (<keep>/k<k>/metrics.jsonl) instead of running it again, "
+        "e.g. k0 as the default job run to its 40 steps",
+    )
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         run_dir = args.keep or scratch
         for k in args.ks:
-            rows = run(k, args.steps, run_dir, args.target if args.to_target else None)
+            kept = Path(run_dir) / f"k{k}" / "metrics.jsonl"
+            if args.reuse and kept.is_file():
+                rows = [json.loads(line) for line in kept.read_text().splitlines()]
+            else:
+                rows = run(k, args.steps, run_dir, args.target if args.to_target else None)
             results.append(summarize(k, rows, args.target))
             print(f"k={k} reward per step: " + " ".join(f"{r['reward_mean']:.2f}" for r in rows), flush=True)
     keys = list(results[0])

@@ -370,6 +370,28 @@ class AgentRunConfig(_Section):
     group (it then scores nothing, with the reason counted as an error)."""
 
 
+class TrackingConfig(_Section):
+    """Experiment trackers that get each step's row, beside metrics.jsonl, TensorBoard and
+    Ray's metrics (which are always on). Each needs its package installed."""
+
+    wandb: bool = False
+    """Log to Weights & Biases (`pip install wandb`)."""
+
+    wandb_mode: Literal["online", "offline", "disabled"] | None = None
+    """W&B mode; None: `$WANDB_MODE`, else wandb's default (online). Offline runs are kept
+    in `<run>/wandb` for `wandb sync`."""
+
+    mlflow: bool = False
+    """Log to MLflow (`pip install mlflow-skinny` or `mlflow`)."""
+
+    mlflow_tracking_uri: str | None = None
+    """MLflow tracking server or store; None: `$MLFLOW_TRACKING_URI`, else a file store
+    in `<run>/mlruns`."""
+
+    project: str = "rayrl"
+    """W&B project and MLflow experiment name; the run is named after the run directory."""
+
+
 class CheckpointConfig(_Section):
     run_dir: str = "runs"
     """Folder under which each run gets its own directory."""
@@ -452,6 +474,7 @@ _SECTIONS = (
     "environment",
     "agent",
     "checkpoint",
+    "tracking",
     "ray",
 )
 
@@ -477,6 +500,8 @@ class ConfigStore(_Section):
     """The user's own agent (optional)."""
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     """Run directory and saving."""
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    """Weights & Biases and MLflow logging."""
     ray: RayConfig = Field(default_factory=RayConfig)
     """Cluster and placement."""
 

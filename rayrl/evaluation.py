@@ -96,6 +96,7 @@ def evaluate_policy(
     config.checkpoint.run_dir = str(Path(config.checkpoint.run_dir) / "eval")
     config.checkpoint.run_name = f"eval-{time.strftime('%Y%m%d-%H%M%S')}-{time.perf_counter_ns() % 10**6}"
     config.checkpoint.resume = None
+    config.tracking.wandb = config.tracking.mlflow = False  # an evaluation is not a training run
     trainer = RayPPOTrainer(config)
     try:
         trainer.setup(only=[Role.ROLLOUT, Role.AGENT_LOOP])

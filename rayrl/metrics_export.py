@@ -8,6 +8,11 @@ the Ray Dashboard's metrics views, Prometheus and Grafana read it).
 
 `TensorBoardLog`: the same numbers as TensorBoard scalars (`<run>/tensorboard`), grouped
 by prefix (`time/rollout`, `env/correct`, ...): `tensorboard --logdir runs`.
+
+`WandbLog` and `MlflowLog` (`tracking.wandb`, `tracking.mlflow`): the same scalars, under
+the same names, in a W&B run or an MLflow run named after the run directory, with the
+resolved config as its config (W&B) or parameters (MLflow). `trackers(config, run_path)`
+builds the ones the config asks for.
 """
 
 from __future__ import annotations
@@ -91,4 +96,126 @@ class TensorBoardLog:
         self.writer.close()
 
 
-__all__ = ["RayMetrics", "TensorBoardLog"]
+def _scalars(row: dict[str, Any]) -> dict[str, float]:
+    """A row's numbers under their TensorBoard names (`time/rollout`, `train/kl`, ...)."""
+    return {
+        TensorBoardLog.tag(k): float(v)
+        for k, v in row.items()
+        if k not in ("step", "epoch") and isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = str(value)[:500]  # MLflow's limit on a parameter value
+    return out
+
+
+class WandbLog:
+    """A Weights & Biases run of the training run (resumed with it: its id is the run
+    directory's name).
+
+    Args:
+        run_path: the run directory (W&B keeps its files in `<run>/wandb`).
+        config: the resolved config, as a nested dict.
+        project: the W&B project.
+        mode: "online", "offline", "disabled", or None for wandb's own choice.
+    """
+
+    def __init__(self, run_path, config: dict[str, Any], project: str, mode: str | None):
+        import wandb
+
+        self.run = wandb.init(
+            project=project,
+            name=run_path.name,
+            id=_INVALID.sub("-", run_path.name),
+            resume="allow",
+            dir=str(run_path),
+            config=config,
+            mode=mode,
+            reinit="create_new",
+        )
+
+    def record(self, row: dict[str, Any]) -> None:
+        self.run.log(_scalars(row), step=int(row.get("step", 0)))
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
+
+
+class MlflowLog:
+    """An MLflow run of the training run, in the experiment `project`.
+
+    Args:
+        run_path: the run directory (the default store is `<run>/mlruns`).
+        config: the resolved config, as a nested dict (logged as dotted parameters).
+        project: the MLflow experiment.
+        tracking_uri: the tracking server or store (None: `$MLFLOW_TRACKING_URI`, else
+            a file store in the run directory: `mlflow ui --backend-store-uri <run>/mlruns`).
+    """
+
+    def __init__(self, run_path, config: dict[str, Any], project: str, tracking_uri: str | None):
+        import os
+
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:  # MLflow 3 keeps its file store in maintenance mode, behind this switch
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            uri = (run_path / "mlruns").resolve().as_uri()
+        self.client = MlflowClient(tracking_uri=uri)
+        experiment = self.client.get_experiment_by_name(project)
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(project)
+        self.run_id = self.client.create_run(experiment_id, run_name=run_path.name).info.run_id
+        params = [Param(k, v) for k, v in _flat(config).items()]
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 parameters a call
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
+        self.tracking_uri = uri
+
+    def record(self, row: dict[str, Any]) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now, step = int(time.time() * 1000), int(row.get("step", 0))
+        metrics = [Metric(k, v, now, step) for k, v in _scalars(row).items()]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
+
+    def close(self) -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id)
+            self.run_id = None
+
+
+def trackers(config, run_path) -> list[Any]:
+    """The W&B and MLflow sinks `config.tracking` asks for.
+
+    Raises:
+        ConfigError: a tracker is asked for but its package is not installed.
+    """
+    import importlib.util
+
+    from rayrl.config import ConfigError
+
+    t = config.tracking
+    for wanted, package, hint in ((t.wandb, "wandb", "wandb"), (t.mlflow, "mlflow", "mlflow-skinny")):
+        if wanted and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"tracking.{package}=true but {package} is not installed: pip install {hint}")
+    tree = config.to_dict()
+    sinks: list[Any] = []
+    if t.wandb:
+        sinks.append(WandbLog(run_path, tree, t.project, t.wandb_mode))
+    if t.mlflow:
+        sinks.append(MlflowLog(run_path, tree, t.project, t.mlflow_tracking_uri))
+    return sinks
+
+
+__all__ = ["MlflowLog", "RayMetrics", "TensorBoardLog", "WandbLog", "trackers"]

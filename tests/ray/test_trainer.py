@@ -41,6 +41,7 @@ def finished_run(ray_local, tiny_model, tmp_path_factory):
         },
         learner={"micro_batch_size": 4},
         checkpoint={"run_dir": str(run_dir), "run_name": "tiny"},
+        tracking={"wandb": True, "wandb_mode": "offline", "mlflow": True},
     )
     trainer = RayPPOTrainer(config)
     try:
@@ -87,6 +88,27 @@ def test_metrics_history_and_run_files(finished_run):
     spans = samples[0]["episodes"][0]["spans"]
     assert not spans[0]["trained"] and "<|im_start|>assistant" in spans[0]["text"]
     assert any(s["trained"] for s in spans)
+
+
+def test_wandb_and_mlflow_get_the_same_rows(finished_run):
+    from mlflow.tracking import MlflowClient
+
+    from tests.unit.test_trackers import wandb_history
+
+    trainer, history, _ = finished_run
+    path = trainer.run.path
+    logged = wandb_history(path)  # offline W&B run in <run>/wandb, finished at the end of fit
+    assert [(h["_step"], h["train/reward_mean"], h["train/kl"]) for h in logged] == [
+        (r["step"], pytest.approx(r["reward_mean"]), pytest.approx(r["kl"])) for r in history
+    ]
+    client = MlflowClient((path / "mlruns").resolve().as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("rayrl").experiment_id])
+    assert run.info.run_name == "tiny" and run.info.status == "FINISHED"
+    assert run.data.params["training.batch_size"] == "8"
+    steps = client.get_metric_history(run.info.run_id, "time/rollout")
+    assert [(m.step, m.value) for m in steps] == [
+        (r["step"], pytest.approx(r["time_rollout"])) for r in history
+    ]
 
 
 def scrape(ray, name: str, run: str, expected: float, timeout_s: float = 60.0) -> float | None:

@@ -32,12 +32,13 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
 
 
 def mean_interval(values: list[float], z: float = Z95) -> tuple[float, float, float]:
-    """Mean and its 95% interval (normal approximation)."""
+    """Mean and its 95% interval (normal approximation, kept within the values' range: a
+    mean of rewards that are never negative has no negative bound)."""
     if not values:
         return 0.0, 0.0, 0.0
     mean = statistics.fmean(values)
     half = z * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
-    return mean, mean - half, mean + half
+    return mean, max(min(values), mean - half), min(max(values), mean + half)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

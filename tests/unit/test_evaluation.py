@@ -37,7 +37,10 @@ def test_summary_of_episodes():
     per_task = [sum(success[4 * g : 4 * g + 4]) for g in range(20)]
     assert out["pass@4"] == pytest.approx(sum(c > 0 for c in per_task) / 20)
     assert out["pass@1"] == pytest.approx(out["success_rate"])
-    mean, lo, hi = mean_interval([1.0, 2.0, 3.0])
-    assert mean == 2.0 and hi - mean == pytest.approx(1.959963984540054 / math.sqrt(3))
+    mean, lo, hi = mean_interval([0.0, 1.0, 2.0, 3.0, 4.0])
+    half = 1.959963984540054 * math.sqrt(2.5) / math.sqrt(5)
+    assert mean == 2.0 and (lo, hi) == (pytest.approx(2.0 - half), pytest.approx(2.0 + half))
+    mean, lo, hi = mean_interval([0.0] * 198 + [1.0, 1.5])  # rare rewards: no bound below 0
+    assert lo == 0.0 < mean < hi < 1.5
     text = table({"base": out, "trained": out})
     assert text.splitlines()[0].startswith("| policy | episodes | reward_mean") and "| trained | 80 |" in text

@@ -34,7 +34,24 @@ def ray_local():
 
     from rayrl.trainer import ACTOR_ENV
 
-    os.environ.update(ACTOR_ENV)
+    # The test process gets the actors' settings too, except where its own vLLM engines
+    # (seed 002's agents) run: in this process, as in a user's script after `ray.init`.
+    os.environ.update({k: v for k, v in ACTOR_ENV.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"})
     ray.init(num_cpus=8, include_dashboard=False, runtime_env={"env_vars": ACTOR_ENV})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def default_engine(ray_local, default_model):
+    """One rollout engine of the default model for the whole session (tests only generate
+    with it; none loads weights into it)."""
+    from rayrl.actors.rollout import RolloutWorker
+    from rayrl.config import InferenceConfig
+
+    inference = InferenceConfig(max_tokens=48, max_model_len=1024, kv_cache_gb=1, temperature=1.0)
+    actor = ray_local.remote(RolloutWorker).options(num_cpus=0).remote(default_model, inference, 0)
+    ray_local.get(actor.start.remote())
+    yield actor
+    ray_local.get(actor.shutdown.remote())
+    ray_local.kill(actor)

@@ -3,22 +3,12 @@
 import pytest
 
 from rayrl.actors.agent_loop import EpisodeRunner
-from rayrl.actors.rollout import RolloutWorker
 from rayrl.config import EnvironmentConfig, InferenceConfig
 
 
-@pytest.fixture(scope="module")
-def engine(ray_local, default_model):
-    ray = ray_local
-    handle = (
-        ray.remote(RolloutWorker)
-        .options(num_cpus=1)
-        .remote(default_model, InferenceConfig(max_tokens=32, max_model_len=512, kv_cache_gb=1))
-    )
-    ray.get(handle.start.remote())
-    yield handle
-    ray.get(handle.shutdown.remote())
-    ray.kill(handle)
+@pytest.fixture
+def engine(default_engine):
+    return default_engine
 
 
 def test_default_model_answers_a_sum(ray_local, engine, default_model):

@@ -12,7 +12,6 @@ import pytest
 
 from rayrl.actors.agent_drivers import plan_agent
 from rayrl.actors.agent_loop import EpisodeRunner
-from rayrl.actors.rollout import RolloutWorker
 from rayrl.agent.async_agent import (
     Agent,
     AgentPrompt,
@@ -31,12 +30,9 @@ from tests.unit.test_capture import TOOLS
 INFERENCE = InferenceConfig(max_tokens=48, max_model_len=1024, kv_cache_gb=1, temperature=1.0)
 
 
-@pytest.fixture(scope="module")
-def engine(ray_local, default_model):
-    actor = ray_local.remote(RolloutWorker).options(num_cpus=0).remote(default_model, INFERENCE, 0)
-    ray_local.get(actor.start.remote())
-    yield actor
-    ray_local.kill(actor)
+@pytest.fixture
+def engine(default_engine):
+    return default_engine  # INFERENCE's engine settings
 
 
 def runner_for(default_model, engine, agent: AgentRunConfig, group_size: int = 1) -> EpisodeRunner:

@@ -11,21 +11,10 @@ import urllib.request
 
 import pytest
 
+from tests.ray.test_own_agents import _demonstration
+from tests.unit.test_capture import TOOLS
+
 TOKEN = "test-token-123"
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "add",
-            "description": "Add two integers.",
-            "parameters": {
-                "type": "object",
-                "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-                "required": ["a", "b"],
-            },
-        },
-    }
-]
 
 
 def _free_port() -> int:
@@ -39,7 +28,7 @@ def server(ray_local, default_model):
     from rayrl.config import InferenceConfig
     from rayrl.serve import ServeConfig, deploy, shutdown
 
-    settings = ServeConfig(port=_free_port(), token=TOKEN, max_tokens=64, max_request_bytes=64 * 1024)
+    settings = ServeConfig(port=_free_port(), token=TOKEN, max_tokens=48, max_request_bytes=64 * 1024)
     url = deploy(default_model, settings, InferenceConfig(max_model_len=1024, kv_cache_gb=1.0))
     yield url
     shutdown()
@@ -66,19 +55,8 @@ def post(url: str, data: bytes, token: str | None = TOKEN, method: str = "POST")
 
 def demonstration() -> list[dict]:
     """Solved examples, so that a 135M model answers with a tool call."""
-    messages = [{"role": "system", "content": "Answer every question with a <tool_call> block only."}]
-    for i, (a, b) in enumerate([(1, 2), (5, 7), (30, 12)]):
-        call = {
-            "id": f"c{i}",
-            "type": "function",
-            "function": {"name": "add", "arguments": json.dumps({"a": a, "b": b})},
-        }
-        messages += [
-            {"role": "user", "content": f"What is {a} + {b}?"},
-            {"role": "assistant", "content": None, "tool_calls": [call]},
-            {"role": "tool", "tool_call_id": f"c{i}", "content": str(a + b)},
-        ]
-    return messages + [{"role": "user", "content": "What is 17 + 25?"}]
+    system = {"role": "system", "content": "Answer every question with a <tool_call> block only."}
+    return [system, *_demonstration(), {"role": "user", "content": "What is 17 + 25?"}]
 
 
 def test_chat_completion_streamed_and_whole_agree_token_for_token(client, default_model):
@@ -146,7 +124,7 @@ def test_solve_answers_as_a_greedy_chat_completion(server, client):
     status, body = post(server + "/solve", json.dumps({"problem": problem}).encode())
     assert status == 200 and body["solution"]
     chat = client.chat.completions.create(
-        model="policy", messages=[{"role": "user", "content": problem}], temperature=0, max_tokens=64
+        model="policy", messages=[{"role": "user", "content": problem}], temperature=0, max_tokens=48
     )
     assert body["solution"] == chat.choices[0].message.content.strip()
     status, by_query = post(server + "/solve?problem=What%20is%203%20%2B%204%3F", b"")
@@ -182,7 +160,7 @@ def test_bad_requests_get_4xx_with_a_message_and_the_replica_stays_up(server, cl
     capped = client.chat.completions.create(
         model="policy", messages=[{"role": "user", "content": "Count to 500."}], max_tokens=10_000
     )
-    assert capped.usage.completion_tokens <= 64  # ServeConfig.max_tokens
+    assert capped.usage.completion_tokens <= 48  # ServeConfig.max_tokens
     with urllib.request.urlopen(server + "/health", timeout=30) as response:
         assert response.status == 200
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rayrl.algorithms.registry import ESTIMATORS
 
@@ -370,6 +370,47 @@ class AgentRunConfig(_Section):
     group (it then scores nothing, with the reason counted as an error)."""
 
 
+class DataConfig(_Section):
+    """Tasks from the user's files instead of an environment's generator (`rayrl.data`):
+    each row is a task for `environment.name` (the `dataset` environment, or any
+    environment whose `reset` takes the row's task dict)."""
+
+    train_files: list[str] = Field(default_factory=list)
+    """JSONL, Parquet or Arrow files, Hugging Face `save_to_disk` folders, or globs of them."""
+
+    eval_files: list[str] = Field(default_factory=list)
+    """Held-out rows (evaluation draws from the start of them, in order)."""
+
+    prompt_key: str = "prompt"
+    """The column holding the prompt: a string, or a list of chat messages ending with a
+    user message."""
+
+    answer_key: str | None = "answer"
+    """The column holding the reference answer (None: the rows have none)."""
+
+    extra_keys: list[str] | None = None
+    """Further columns handed to the environment and reward function with the task
+    (None: every other column)."""
+
+    max_prompt_tokens: int | None = Field(None, ge=1)
+    """Rows whose prompt is longer are dropped and counted (`data_too_long`)."""
+
+    shuffle: bool = True
+    """Shuffle per epoch, by `training.seed` and the epoch: the file order, and rows within
+    a buffer of `shuffle_buffer` rows."""
+
+    shuffle_buffer: int = Field(1024, ge=1)
+
+    error_budget: int = Field(100, ge=0)
+    """Malformed rows (missing key, wrong type, a line that is not JSON) skipped and
+    reported with their file and line; one more is an error that stops the run."""
+
+    @field_validator("train_files", "eval_files", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
 class TrackingConfig(_Section):
     """Experiment trackers that get each step's row, beside metrics.jsonl, TensorBoard and
     Ray's metrics (which are always on). Each needs its package installed."""
@@ -474,6 +515,7 @@ _SECTIONS = (
     "environment",
     "agent",
     "checkpoint",
+    "data",
     "tracking",
     "ray",
 )
@@ -500,6 +542,8 @@ class ConfigStore(_Section):
     """The user's own agent (optional)."""
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     """Run directory and saving."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    """Tasks from files."""
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     """Weights & Biases and MLflow logging."""
     ray: RayConfig = Field(default_factory=RayConfig)
@@ -548,6 +592,13 @@ class ConfigStore(_Section):
     def check(self) -> ConfigStore:
         """Check combinations that single fields cannot; raise ConfigError naming the key."""
         t, inf = self.training, self.inference
+        if self.environment.name == "dataset" and not self.data.train_files:
+            raise ConfigError("environment.name=dataset needs data.train_files (the rows are its tasks)")
+        if self.environment.name == "dataset" and t.eval_tasks and not self.data.eval_files:
+            raise ConfigError(
+                f"training.eval_tasks={t.eval_tasks} with environment.name=dataset needs data.eval_files "
+                "(held-out rows), or training.eval_tasks=0"
+            )
         if t.batch_size % t.group_size:
             raise ConfigError(
                 f"training.batch_size={t.batch_size} must be a multiple of training.group_size={t.group_size}"

@@ -10,7 +10,6 @@ success rate with a 95% Wilson interval, and pass@k when k samples per task are 
 from __future__ import annotations
 
 import math
-import random
 import statistics
 import time
 from pathlib import Path
@@ -88,7 +87,6 @@ def evaluate_policy(
     reference or critic)."""
     import ray
 
-    from rayrl.actors.agent_loop import sample_tasks
     from rayrl.placement import Role
     from rayrl.trainer import RayPPOTrainer
 
@@ -101,7 +99,7 @@ def evaluate_policy(
     trainer = RayPPOTrainer(config)
     try:
         trainer.setup(only=[Role.ROLLOUT, Role.AGENT_LOOP])
-        drawn = sample_tasks(config.environment, tasks, random.Random(seed), evaluation=True)
+        drawn = trainer.held_out_tasks(tasks, seed)
         _, stats_ref = trainer.runner.collect.options(num_returns=2).remote(drawn, samples, temperature, seed)
         stats = ray.get(stats_ref)
     finally:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
-from rayrl.actors.agent_loop import EngineLost, sample_tasks
+from rayrl.actors.agent_loop import EngineLost
 
 if TYPE_CHECKING:
     from rayrl.trainer import RayPPOTrainer
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 @dataclass
 class _Started:
     refs: Any  # (batch, stats) object references of the agent loop's collect
-    rng_before: Any  # the task sampler's state before this batch's tasks were drawn
+    sampler_before: Any  # the task sampler's state before this batch's tasks were drawn
 
 
 class RolloutPipeline:
@@ -48,13 +48,11 @@ class RolloutPipeline:
 
     def _start(self, step: int) -> None:
         t, cfg = self.trainer, self.trainer.config.training
-        rng_before = t.rng.getstate()
-        tasks = sample_tasks(
-            t.config.environment, cfg.batch_size // cfg.group_size, t.rng, env_source=t.env_source
-        )
+        sampler_before = t.sampler_state()
+        tasks = t.draw_tasks(cfg.batch_size // cfg.group_size)
         seed = cfg.seed * 1_000_003 + step if cfg.deterministic else None
         refs = t.runner.collect.options(num_returns=2).remote(tasks, cfg.group_size, None, seed)
-        self.started.append(_Started(refs, rng_before))
+        self.started.append(_Started(refs, sampler_before))
 
     def batch(self, step: int) -> tuple[Any, dict]:
         """Step `step`'s batch (an object reference) and its stats. Engines that die while
@@ -99,12 +97,12 @@ class RolloutPipeline:
     def sampler_state(self) -> Any:
         """The task sampler's state as of the next batch still to be trained on (what a
         checkpoint keeps, so a resumed run draws the batches generated ahead again)."""
-        return self.started[0].rng_before if self.started else self.trainer.rng.getstate()
+        return self.started[0].sampler_before if self.started else self.trainer.sampler_state()
 
     def reset(self) -> None:
         """Forget batches generated ahead (after a recovery: they may come from dead actors
         or from weights the run went back from); the sampler goes back to where it was."""
         if self.started:
-            self.trainer.rng.setstate(self.started[0].rng_before)
+            self.trainer.set_sampler_state(self.started[0].sampler_before)
         self.started.clear()
         self.last_sync = None

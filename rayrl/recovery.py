@@ -72,11 +72,11 @@ class Recovery:
         self.engine_restarts = 0  # rollout engines replaced
         self.role_restarts = 0  # reference ranks, agent loop or scorer replaced in place
         self.run_restarts = 0  # rollbacks of learner and critic to the newest checkpoint
-        self._step_rng: Any = None
+        self._step_sampler: Any = None
 
     def begin_step(self) -> None:
         """Remember the task sampler's state, so a step that fails can run again as it was."""
-        self._step_rng = self.trainer.rng.getstate()
+        self._step_sampler = self.trainer.sampler_state()
 
     # ---- engines ------------------------------------------------------------------
     def recover_engines(self, dead: list[int]) -> None:
@@ -142,7 +142,7 @@ class Recovery:
                 t.groups[role].restart(index)
                 t.start_roles([role])
             self.role_restarts += 1
-            t.rng.setstate(self._step_rng)
+            t.set_sampler_state(self._step_sampler)
             return step
 
         logger.warning("%s died (%s); going back to %s", name, why, latest)

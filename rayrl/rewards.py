@@ -903,6 +903,20 @@ def math_check(response: str, reference: str, limit: int | None) -> tuple[bool, 
     return correct, {"mode": "math", "reference": reference, "extracted": [str(a) for a in answer]}
 
 
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def answer_is_right(answer: str, reference: str, timeout_s: float = 10.0) -> bool:
+    """Whether a reply gives the reference answer: for a plain number, the reply's last
+    number equals it; otherwise `CorrectnessReward`'s check (math_verify, or an exact
+    match of a text answer)."""
+    if _NUMBER.fullmatch(reference.strip()):
+        found = _NUMBER.findall(answer.replace(",", ""))
+        return bool(found) and float(found[-1]) == float(reference)
+    transcript = EpisodeTranscript(messages=[{"role": "assistant", "content": answer}], reference=reference)
+    return CorrectnessReward(timeout_s=timeout_s).compute(transcript).score == 1.0
+
+
 class MathCheckTimeout(TimeoutError):
     """A math check ran past its deadline (its process was killed)."""
 

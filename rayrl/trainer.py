@@ -38,6 +38,7 @@ from rayrl.actors.scoring import Scorer
 from rayrl.algorithms import KLController
 from rayrl.checkpoint import CheckpointStore, find_resume, read_state, run_path_of
 from rayrl.config import ConfigStore
+from rayrl.data import DataTasks
 from rayrl.envs.base import BaseEnvironment
 from rayrl.envs.source import EnvironmentSource
 from rayrl.hardware import resolve_dtype
@@ -192,6 +193,7 @@ class RayPPOTrainer:
         self.rollouts = RolloutPipeline(self)
         self._callback_state: dict | None = None
         self.rng = random.Random(config.training.seed)
+        self.data: DataTasks | None = None  # tasks from data.train_files (`setup`)
 
     # ---- setup ---------------------------------------------------------------
     def setup(self, resume: Path | None = None, only: list[Role] | None = None) -> None:
@@ -207,6 +209,8 @@ class RayPPOTrainer:
         self.checkpoints = CheckpointStore(self.run.path, cfg.checkpoint.keep_last)
         model_path = resolve_model(cfg.model.model_name, cfg.model.cache_dir)
         self.model_path = model_path
+        if cfg.data.train_files and self.data is None:  # the files are checked before any actor starts
+            self.data = DataTasks(cfg.data, cfg.data.train_files, cfg.training.seed, model_path)
         # Bundle count is the same with or without GPUs; a local Ray needs that many CPUs.
         started = init_ray(cfg, placement.num_bundles(placement.plan_roles(cfg, use_gpu=False)))
         self._started_ray = self._started_ray or started  # a restarted run keeps its Ray
@@ -516,7 +520,7 @@ class RayPPOTrainer:
             "weight_version": self.version,
             "kl_coef": self.kl_ctl.value,
             "learning_rate": self.learning_rate,
-            "task_rng": self.rollouts.sampler_state(),
+            "task_sampler": self.rollouts.sampler_state(),
             "callbacks": self.callbacks.state_dict(),
         }
         path = self.checkpoints.commit(tmp, step, state)
@@ -532,7 +536,7 @@ class RayPPOTrainer:
         self.sync_weights()  # the engines serve the checkpoint's policy
         self.kl_ctl.value = state["kl_coef"]
         self.learning_rate = state["learning_rate"]
-        self.rng.setstate(_as_rng_state(state["task_rng"]))
+        self.set_sampler_state(state.get("task_sampler") or {"rng": state["task_rng"]})
         self._callback_state = state.get("callbacks")  # loaded after on_train_begin
         self.start_step = state["step"]
         self.metrics_history = self.run.truncate(self.start_step)
@@ -569,14 +573,36 @@ class RayPPOTrainer:
         self.engine_version = self.version
         return sync
 
+    # ---- tasks -------------------------------------------------------------------------
+    def draw_tasks(self, n: int) -> list[Any]:
+        """The next `n` training tasks: rows of `data.train_files`, or the environment's."""
+        if self.data is not None:
+            return self.data.draw(n)
+        return sample_tasks(self.config.environment, n, self.rng, env_source=self.env_source)
+
+    def held_out_tasks(self, n: int, seed: int = 1234) -> list[Any]:
+        """`n` evaluation tasks: the first rows of `data.eval_files`, or the environment's
+        held-out draw."""
+        files = self.config.data.eval_files
+        if files:
+            return DataTasks(self.config.data, files, None, self.model_path).first(n)
+        rng = random.Random(seed)
+        return sample_tasks(self.config.environment, n, rng, evaluation=True, env_source=self.env_source)
+
+    def sampler_state(self) -> dict[str, Any]:
+        """Where the task draw stands (the RNG, and the data stream's read position)."""
+        return {"rng": self.rng.getstate(), "data": self.data.state() if self.data else None}
+
+    def set_sampler_state(self, state: dict[str, Any]) -> None:
+        self.rng.setstate(_as_rng_state(state["rng"]))
+        if self.data is not None and state.get("data"):
+            self.data.set_state(state["data"])
+
     def evaluate(self, num_tasks: int, held_out: bool = True, seed: int = 1234) -> dict[str, float]:
         """Mean reward and success of one sampled episode per task (held-out tasks by default)."""
         if self.runner is None:
             self.setup()
-        rng = random.Random(seed)
-        tasks = sample_tasks(
-            self.config.environment, num_tasks, rng, evaluation=held_out, env_source=self.env_source
-        )
+        tasks = self.held_out_tasks(num_tasks, seed) if held_out else self.draw_tasks(num_tasks)
         _, stats_ref = self.runner.collect.options(num_returns=2).remote(tasks, 1)
         stats = ray.get(stats_ref)
         return {
@@ -610,6 +636,7 @@ class RayPPOTrainer:
             "episodes_retried": stats["episodes_retried"],
             "truncated_episodes": stats["truncated"],
             "callback_errors": self.callbacks.total_errors,
+            **(self.data.counters() if self.data is not None else {}),
             "learning_rate": self.learning_rate,
             "response_tokens": stats["response_tokens"],
             "tokens_per_s": stats["response_tokens"] / max(stats["seconds"], 1e-9),
@@ -693,6 +720,8 @@ class RayPPOTrainer:
     def cleanup(self) -> None:
         """Stop every role, and shut Ray down if this trainer started it."""
         self.close_sinks()
+        if self.data is not None:
+            self.data.close()
         self.stop_roles()
         if self._started_ray:
             ray.shutdown()

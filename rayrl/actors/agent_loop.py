@@ -212,11 +212,17 @@ class EpisodeRunner:
         return new_environment(self.env_config, self.env_source)
 
     # ---- chat rendering ----------------------------------------------------
-    def prompt_ids(self, first_observation: str) -> tuple[list[int], list[dict]]:
-        """Token ids of the opening prompt and the message list it came from."""
+    def prompt_ids(self, first_observation: str | list[dict]) -> tuple[list[int], list[dict]]:
+        """Token ids of the opening prompt and the message list it came from. The first
+        observation is the user turn, or the whole opening conversation (chat messages of
+        a data row: the environment's system prompt goes first unless they have their own)."""
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        messages += self.demonstration
-        messages.append({"role": "user", "content": first_observation})
+        if isinstance(first_observation, list):
+            own_system = any(m["role"] == "system" for m in first_observation)
+            messages = [*([] if own_system else messages), *first_observation]
+        else:
+            messages += self.demonstration
+            messages.append({"role": "user", "content": first_observation})
         return self.chat.prompt_ids(messages), messages
 
     def user_turn_ids(self, messages: list[dict], observation: str, ended_with_eos: bool) -> list[int]:

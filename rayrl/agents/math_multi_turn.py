@@ -13,7 +13,6 @@ reference: the last number of an answer when the reference is a number, math_ver
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
 from rayrl.agent.async_agent import (
@@ -27,8 +26,6 @@ from rayrl.agent.async_agent import (
     register_env,
 )
 from rayrl.agent.chat_tokens import ChatTokens
-
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 class MathSingleStepEnv(EnvironmentService):
@@ -51,15 +48,9 @@ class MathSingleStepEnv(EnvironmentService):
         return None, scores, True, False, {}
 
     def _score(self, answer: str, reference: str) -> float:
-        if _NUMBER.fullmatch(reference.strip()):
-            found = _NUMBER.findall(answer.replace(",", ""))
-            return float(bool(found) and float(found[-1]) == float(reference))
-        from rayrl.rewards import CorrectnessReward, EpisodeTranscript
+        from rayrl.rewards import answer_is_right
 
-        transcript = EpisodeTranscript(
-            messages=[{"role": "assistant", "content": answer}], reference=reference
-        )
-        return CorrectnessReward(timeout_s=self.timeout_s).compute(transcript).score
+        return float(answer_is_right(answer, reference, self.timeout_s))
 
 
 class MathMultiTurnAgent(Agent):

@@ -9,6 +9,7 @@ from rayrl.envs.action_math import ActionMathEnvironment
 from rayrl.envs.base import BaseEnvironment
 from rayrl.envs.calculator_math import CalculatorMathEnvironment
 from rayrl.envs.conversation import ConversationEnvironment, TaskEnvironment
+from rayrl.envs.dataset import DatasetEnvironment
 from rayrl.envs.gym_adapter import GymTextEnvironment
 from rayrl.envs.math_feedback import MathFeedbackEnvironment
 from rayrl.envs.text_adventure import TextAdventureEnvironment
@@ -23,6 +24,7 @@ BUILTIN_ENVIRONMENTS: dict[str, type[BaseEnvironment]] = {
     "action_math": ActionMathEnvironment,
     "gym": GymTextEnvironment,
     "calculator_math": CalculatorMathEnvironment,
+    "dataset": DatasetEnvironment,
 }
 
 
@@ -56,6 +58,7 @@ __all__ = [
     "BaseEnvironment",
     "CalculatorMathEnvironment",
     "ConversationEnvironment",
+    "DatasetEnvironment",
     "GymTextEnvironment",
     "MathFeedbackEnvironment",
     "TaskEnvironment",

@@ -17,7 +17,9 @@ def write_sums(path, n: int, bad_every: int = 0) -> str:
     lines = []
     for i in range(n):
         if bad_every and i % bad_every == bad_every - 1:
-            lines.append('{"question": "broken' if (i // bad_every) % 2 else json.dumps({"question": f"{i}?"}))
+            lines.append(
+                '{"question": "broken' if (i // bad_every) % 2 else json.dumps({"question": f"{i}?"})
+            )
         else:
             lines.append(json.dumps({"question": f"What is {i} + 1?", "answer": i + 1, "id": i}))
     path.write_text("\n".join(lines) + "\n")

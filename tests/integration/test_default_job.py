@@ -18,6 +18,7 @@ def train_default_job(run_dir: Path, name: str, *overrides: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2700)  # 40 steps: about 20 minutes on 2 cores (the default cap is 900 s)
 def test_default_job_learns(tmp_path):
     train_default_job(tmp_path, "default")
     summary = json.loads((tmp_path / "default" / "summary.json").read_text())
@@ -34,6 +35,7 @@ def _rewards(run_dir: Path) -> list[float]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # two 20-step runs: about 25 minutes on 2 cores
 def test_generation_one_version_ahead_learns_like_the_on_policy_job(tmp_path):
     """max_staleness=1 reaches the on-policy job's reward band in the same number of steps.
 

@@ -83,13 +83,8 @@ class TensorBoardLog:
 
     def record(self, row: dict[str, Any]) -> None:
         step = int(row.get("step", 0))
-        for key, value in row.items():
-            if (
-                key not in ("step", "epoch")
-                and isinstance(value, int | float)
-                and not isinstance(value, bool)
-            ):
-                self.writer.add_scalar(self.tag(key), float(value), step)
+        for tag, value in _scalars(row).items():
+            self.writer.add_scalar(tag, value, step)
         self.writer.flush()
 
     def close(self) -> None:

@@ -127,8 +127,8 @@ class RolloutWorker:
         sent = 0
         async for out in self._request(prompt_ids, max_tokens, temperature, top_p, seed, stop):
             completion = out.outputs[0]
-            ids = list(completion.token_ids)[sent:]
-            entries = list(completion.logprobs)[sent:]
+            ids = list(completion.token_ids[sent:])
+            entries = completion.logprobs[sent:]
             sent += len(ids)
             logprobs = [entry[tok].logprob for tok, entry in zip(ids, entries, strict=True)]
             yield Generation(ids, logprobs, completion.finish_reason, self.weight_version)

@@ -142,10 +142,13 @@ class TrainingConfig(_Section):
     learning_rate: float = Field(5e-6, gt=0.0)
     """The policy's AdamW learning rate."""
 
-    policy_loss: Literal["ppo", "gspo", "cispo"] = "ppo"
+    policy_loss: Literal["ppo", "gspo", "cispo", "rwr"] = "ppo"
     """Policy loss: "ppo" (clipped token ratio), "gspo" (clipped sequence ratio; use small
     clip ranges such as 3e-4 / 4e-4 and loss_agg_mode seq-mean-token-mean), "cispo" (clipped,
-    stop-gradient importance weight on log pi). The clip ranges below apply to each."""
+    stop-gradient importance weight on log pi), "rwr" (-weight * log pi, no ratio: the
+    reward-weighted regression of offline fine-tuning, `rayrl.offline`, whose batches carry
+    per-action weights as advantages; on-policy with advantages it is plain REINFORCE).
+    The clip ranges below apply to the first three."""
 
     clip_ratio_low: float = Field(0.2, ge=0.0)
     """PPO lower clip range (ratio >= 1 - clip_ratio_low)."""
@@ -279,6 +282,10 @@ class LearnerConfig(_TrainedRoleConfig):
 
     lora_alpha: float = Field(16.0, gt=0.0)
     """LoRA alpha (scale = alpha / rank)."""
+
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the LoRA adapters' input while training (the engines get merged weights
+    without it)."""
 
     lora_target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

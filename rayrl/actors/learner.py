@@ -39,6 +39,7 @@ from rayrl.algorithms import (
     compute_cispo_loss,
     compute_gspo_loss,
     compute_policy_loss,
+    compute_rwr_loss,
     kl_penalty,
     rollout_correction,
 )
@@ -132,6 +133,8 @@ class ActorLearner:
             return compute_gspo_loss(lp, old, advantages, seq_ids, cfg.clip_ratio_low, cfg.clip_ratio_high)
         if cfg.policy_loss == "cispo":
             return compute_cispo_loss(lp, old, advantages, cfg.clip_ratio_low, cfg.clip_ratio_high)
+        if cfg.policy_loss == "rwr":
+            return compute_rwr_loss(lp, advantages)
         return compute_policy_loss(
             lp, old, advantages, cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c
         )
@@ -335,6 +338,15 @@ class ActorLearner:
             merged = param + deltas[name] if name in deltas else param
             yield name.replace(".base_layer", ""), merged
 
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable and total parameters of the policy (with LoRA: adapters against the
+        base model plus adapters)."""
+        params = list(self.model.parameters())
+        return {
+            "trainable": sum(p.numel() for p in params if p.requires_grad),
+            "total": sum(p.numel() for p in params),
+        }
+
     def flat_parameters(self) -> np.ndarray:
         """Every weight, concatenated in float32 (for checks; call on every rank: under
         ZeRO-3 the gather is a collective)."""
@@ -360,7 +372,7 @@ def _with_lora(model, config: LearnerConfig):
         r=config.lora_rank,
         lora_alpha=config.lora_alpha,
         target_modules=list(config.lora_target_modules),
-        lora_dropout=0.0,
+        lora_dropout=config.lora_dropout,
         bias="none",
     )
     return get_peft_model(model, lora)

@@ -1,6 +1,6 @@
 """Pure tensor functions for RL on language models, one module per family.
 
-advantages, losses, kl, filters, and the masked helpers they share; `registry` says
+advantages, losses, kl, filters, rwr (reward-weighted regression), and the masked helpers they share; `registry` says
 which estimators exist and what each needs (torch-free: the config reads it). Adding an
 estimator is a function in `advantages` and a line in `registry`. Names load on first
 use, so importing the registry does not import torch.
@@ -38,6 +38,7 @@ _EXPORTS = {
         ],
         "losses",
     ),
+    **dict.fromkeys(["compute_rwr_loss", "reward_weights"], "rwr"),
     **dict.fromkeys(["masked_mean", "masked_whiten", "pad_tokens", "unpad_tokens"], "masked"),
     **dict.fromkeys(["ESTIMATORS", "EstimatorTraits"], "registry"),
 }

@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 
 LossAggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
-PolicyLoss = Literal["ppo", "gspo", "cispo"]
+PolicyLoss = Literal["ppo", "gspo", "cispo", "rwr"]
 RolloutCorrection = Literal["none", "truncate", "mask"]
 
 

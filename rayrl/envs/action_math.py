@@ -43,6 +43,7 @@ ACTIONS = (*STEPS, "state_answer")
 _ACTION = re.compile("|".join(r"\b" + name.replace("_", r"[\s_-]*") + r"\b" for name in ACTIONS), re.I)
 _X_IS = re.compile(r"\bx\s*=\s*(-?\d+(?:\.\d+)?)", re.I)
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_EQUATION = re.compile(r"(-?\d+)\s*\*?\s*x\s*([+-])\s*(\d+)\s*=\s*(-?\d+)")
 
 
 class ActionMathParams(BaseModel):
@@ -97,6 +98,18 @@ def parse_answer(argument: str) -> float | None:
     return float(found.group(1 if found.re is _X_IS else 0)) if found else None
 
 
+def parse_equation(text: str) -> dict[str, int]:
+    """The task of a problem written as text ("Solve for x: 3x + 7 = 16")."""
+    found = _EQUATION.search(text)
+    if found is None:
+        raise ValueError(f"no equation `a x + b = c` in {text!r}")
+    a, sign, b, c = found.groups()
+    a, b, c = int(a), int(b) * (1 if sign == "+" else -1), int(c)
+    if a == 0 or (c - b) % a:
+        raise ValueError(f"{text!r} has no integer solution")
+    return {"a": a, "b": b, "c": c, "x": (c - b) // a}
+
+
 def equation_text(task: dict[str, int]) -> str:
     """`3x + 7 = 16` for a=3, b=7, c=16."""
     sign = "+" if task["b"] >= 0 else "-"
@@ -135,6 +148,9 @@ class ActionMathEnvironment(BaseEnvironment):
         """Actions accepted in the current state."""
         return [STEPS[self.stage], "state_answer"] if self.stage < len(STEPS) else ["state_answer"]
 
+    def get_valid_actions(self) -> list[str]:
+        return self.valid_actions()
+
     def get_prompt_prefix(self) -> str:
         if self.config.system_prompt:
             return self.config.system_prompt
@@ -144,6 +160,9 @@ class ActionMathEnvironment(BaseEnvironment):
         )
 
     def reset(self, task: Any = None) -> str:
+        """`task`: a dict `{a, b, c}`, a problem text with the equation, or None (a random one)."""
+        if isinstance(task, str):
+            task = parse_equation(task)
         self.task = dict(task) if task else self.sample_task(random.Random())
         self.task.setdefault("x", (self.task["c"] - self.task["b"]) // self.task["a"])
         self.stage = 0

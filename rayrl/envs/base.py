@@ -47,9 +47,14 @@ class BaseEnvironment(ABC):
         return self.sample_task(rng)
 
     # ---- episode -----------------------------------------------------------
-    @abstractmethod
     def reset(self, task: Any = None) -> str:
-        """Start an episode on `task`; return the first observation."""
+        """Start an episode on `task`; return the first observation. Default: keep the task
+        as `self.task` and show it as text (override to build state from it)."""
+        self.task = task
+        self.step_count = 0
+        self.episode_reward = 0.0
+        self._done = False
+        return "" if task is None else str(task)
 
     def reset_for(self, task: Any = None) -> str:
         """`reset(task)`, or `reset()` when there is no task (environments written
@@ -58,7 +63,15 @@ class BaseEnvironment(ABC):
 
     @abstractmethod
     def step(self, action: str) -> StepResult:
-        """Apply the model's `action`; return (observation, reward, done, info)."""
+        """Apply the model's `action`; return (observation, reward, done, info).
+
+        Action environments (`rayrl.agent.actions`) may take `step(action, params)`
+        instead and return an `ActionResult`, which unpacks the same way."""
+
+    def get_valid_actions(self) -> list[str]:
+        """Names of the actions accepted now, for action-based environments; default none
+        (any text is an action)."""
+        return []
 
     def turn_limit(self) -> int:
         """Most assistant turns an episode may take (the agent loop stops there even if the

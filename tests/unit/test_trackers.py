@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 
 import pytest
 
@@ -58,7 +59,10 @@ def test_wandb_offline_run_holds_every_step(tmp_path):
         sink.record(row)
     sink.close()
     sink.close()  # twice is harmless
-    history = wandb_history(run)
+    # wandb's service process may still be writing the log after finish() on a loaded machine
+    deadline = time.monotonic() + 60
+    while len(history := wandb_history(run)) < len(ROWS) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert [h["_step"] for h in history] == [1, 2, 3]
     assert [h["train/reward_mean"] for h in history] == [0.25, 0.5, 0.75]
     assert [h["time/rollout"] for h in history] == [2.5, 3.5, 4.5]

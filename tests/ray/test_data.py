@@ -75,23 +75,43 @@ def test_malformed_rows_are_counted_with_their_line_up_to_the_budget(tmp_path, a
     tight.close()
 
 
-def test_a_jsonl_file_trains_by_config_alone(ray_local, tiny_model, tmp_path):
+class Recording(RayPPOTrainer):
+    """Remembers the tasks of every batch it draws."""
+
+    def draw_tasks(self, n):
+        tasks = super().draw_tasks(n)
+        self.drawn = [*getattr(self, "drawn", []), *(t["extra"]["id"] for t in tasks)]
+        return tasks
+
+
+def test_a_jsonl_file_trains_by_config_alone_and_resumes_at_its_read_position(
+    ray_local, tiny_model, tmp_path
+):
     train = write_sums(tmp_path / "train.jsonl", 64, bad_every=2)  # every other row is bad
     held_out = write_sums(tmp_path / "eval.jsonl", 8)
-    config = tiny_config(
-        tiny_model,
-        environment={"name": "dataset", "max_turns": 2},
-        data={
-            "train_files": train,
-            "eval_files": held_out,
-            "prompt_key": "question",
-            "answer_key": "answer",
-            "max_prompt_tokens": 64,
-        },
-        training={"num_epochs": 2, "batch_size": 8, "group_size": 2, "kl_coef": 0.0, "eval_tasks": 4},
-        checkpoint={"run_dir": str(tmp_path), "run_name": "data", "save_interval": 1, "save_final": False},
-    )
-    trainer = RayPPOTrainer(config)
+
+    def config(epochs, **checkpoint):
+        return tiny_config(
+            tiny_model,
+            environment={"name": "dataset", "max_turns": 2},
+            data={
+                "train_files": train,
+                "eval_files": held_out,
+                "prompt_key": "question",
+                "answer_key": "answer",
+                "max_prompt_tokens": 64,
+            },
+            training={
+                "num_epochs": epochs,
+                "batch_size": 8,
+                "group_size": 2,
+                "kl_coef": 0.0,
+                "eval_tasks": 4,
+            },
+            checkpoint={"run_dir": str(tmp_path), "run_name": "data", "save_final": False, **checkpoint},
+        )
+
+    trainer = Recording(config(2, save_interval=1))
     try:
         history = trainer.fit()
         held = trainer.evaluate(4)
@@ -106,3 +126,16 @@ def test_a_jsonl_file_trains_by_config_alone(ray_local, tiny_model, tmp_path):
     assert "What is " in text and "+ 1?" in text  # a row of the file, as the user turn
     state = json.loads((tmp_path / "data" / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
     assert state["task_sampler"]["data"]["position"] >= 8  # the read position is saved
+
+    # a new trainer resumes the run: its third step draws the rows an uninterrupted
+    # stream draws next, none repeated and none skipped
+    resumed = Recording(config(3, save_interval=1, resume="auto"))
+    try:
+        rows = resumed.fit()
+    finally:
+        resumed.cleanup()
+    stream = DataTasks(resumed.config.data, [train], resumed.config.training.seed, None)
+    expected = [t["extra"]["id"] for t in stream.draw(12)]
+    stream.close()
+    assert trainer.drawn == expected[:8] and resumed.drawn == expected[8:]
+    assert [r["step"] for r in rows] == [1, 2, 3]

@@ -94,6 +94,8 @@ _LAZY = {
         ],
         "rayrl.rewards",
     ),
+    **dict.fromkeys(["ActionResult", "BaseAgent"], "rayrl.agent.actions"),
+    "AgenticTrainer": "rayrl.offline",
 }
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from rayrl.config import DataConfig
+from rayrl.config import ConfigError, DataConfig
 from rayrl.data import DataError, DataTasks
 from rayrl.trainer import RayPPOTrainer
 from tests.ray.test_trainer import tiny_config
@@ -124,8 +124,13 @@ def test_a_jsonl_file_trains_by_config_alone_and_resumes_at_its_read_position(
     samples = [json.loads(line) for line in (tmp_path / "data" / "samples.jsonl").read_text().splitlines()]
     text = "".join(s["text"] for s in samples[0]["episodes"][0]["spans"])
     assert "What is " in text and "+ 1?" in text  # a row of the file, as the user turn
-    state = json.loads((tmp_path / "data" / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
+    latest = tmp_path / "data" / "checkpoints" / "step_000002"
+    state = json.loads((latest / "trainer_state.json").read_text())
     assert state["task_sampler"]["data"]["position"] >= 8  # the read position is saved
+    assert state["step"] == 2 and state["weight_version"] == 2
+    assert (latest / "policy" / "model.safetensors").is_file() and (latest / "learner" / "rank0.pt").is_file()
+    with pytest.raises(ConfigError, match="checkpoint.resume=auto"):
+        RayPPOTrainer(config(3)).setup()  # a run with checkpoints, before any actor starts
 
     # a new trainer resumes the run: its third step draws the rows an uninterrupted
     # stream draws next, none repeated and none skipped

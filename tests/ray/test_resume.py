@@ -8,6 +8,12 @@ from rayrl.config import ConfigError
 from rayrl.trainer import RayPPOTrainer
 from tests.ray.test_trainer import tiny_config
 
+# Every role killed mid-step and a resumed run equal to an uninterrupted one: three runs,
+# about 270 s on 2 cores, so behind `-m slow`. The default tier resumes a run from its
+# checkpoint in tests/ray/test_data.py (the read position of a data file, the checkpoint
+# layout, and the error of a run with checkpoints started without `checkpoint.resume`).
+pytestmark = pytest.mark.slow
+
 COMPARED = ("reward_mean", "total_loss", "policy_loss", "kl", "grad_norm", "entropy", "value_loss")
 
 
@@ -196,7 +202,7 @@ def test_run_with_checkpoints_needs_resume(runs, tiny_model):
         RayPPOTrainer(config).setup()  # before any actor starts
 
 
-@pytest.mark.slow  # the same stop path as tests/ray/test_trainer.py's engine restart limit
+# the same stop path as tests/ray/test_trainer.py's engine restart limit
 def test_a_dead_learner_without_restarts_left_stops_naming_it(ray_local, tiny_model, tmp_path):
     config = run_config(
         tiny_model, tmp_path, "stopped", 2, {"adv_estimator": "grpo", "max_failures": 0}, save_interval=1

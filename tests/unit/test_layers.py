@@ -12,6 +12,8 @@ ABOVE = (
     "rayrl.training",
     "rayrl.pipeline",
     "rayrl.recovery",
+    "rayrl.offline",
+    "rayrl.serve",
 )
 
 

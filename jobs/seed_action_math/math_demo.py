@@ -9,6 +9,9 @@ that is not valid yet (reward -0.5) before the right one. Only solved episodes a
 in the seed); within them the slips weigh far less than the right steps, so the policy
 learns the steps, not the slips. Held-out equations have larger coefficients and negative
 numbers (`ActionMathEnvironment.sample_eval_task`).
+
+Sized for a 2-core CPU (about 10 minutes): 96 problems, 3 epochs of batches of 8, learning
+rate 1e-3 (the seed's 1e-4 with batches of 1 takes ten times the steps).
 """
 
 from __future__ import annotations
@@ -72,7 +75,13 @@ async def main(args: argparse.Namespace) -> dict:
     trainer = AgenticTrainer(
         args.model,
         lora_config={"rank": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]},
-        training_config={"batch_size": args.batch_size, "learning_rate": args.lr, "epochs": args.epochs},
+        training_config={
+            "batch_size": args.batch_size,
+            "learning_rate": args.lr,
+            "epochs": args.epochs,
+            "max_actions": 6,
+            "max_new_tokens": 24,
+        },
         env=env,
         run_dir=args.run_dir,
     )
@@ -118,12 +127,12 @@ async def main(args: argparse.Namespace) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="SmolLM2-135M-Instruct")
-    parser.add_argument("--train-problems", type=int, default=256)
-    parser.add_argument("--test-problems", type=int, default=64)
+    parser.add_argument("--train-problems", type=int, default=96)
+    parser.add_argument("--test-problems", type=int, default=32)
     parser.add_argument("--noise", type=float, default=0.2)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", default="runs")
     asyncio.run(main(parser.parse_args()))

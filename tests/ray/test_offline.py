@@ -54,6 +54,8 @@ def test_the_seeds_training_pipeline_learns_the_action_format(ray_local, tmp_pat
             before = trainer.test_inference(test_problems[:3], max_actions=1)
             losses = await trainer.train(dataset)
             results = trainer.test_inference(test_problems)
+            reply = model.generate(test_problems[0], max_tokens=8)  # the seed's endpoint's call
+            assert isinstance(reply, str) and reply.strip()
             return trajectories, model, device, dataset, before, losses, results, trainer.ppo.run.path
         finally:
             trainer.close()

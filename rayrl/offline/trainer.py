@@ -349,7 +349,12 @@ class AgenticTrainer:
             play_env = None
         else:
             play_env = copy.deepcopy(env)
-            first = play_env.reset(problem) if problem is not None else play_env.reset()
+            try:
+                first = play_env.reset(problem) if problem is not None else play_env.reset()
+            except Exception as exc:  # noqa: BLE001 - a problem the environment rejects fails alone
+                play = _Play(problem, play_env, [], [], done=True, error=f"{type(exc).__name__}: {exc}")
+                logger.warning("test_inference: %r not played: %s", problem, play.error)
+                return play
             first = str(problem) if first in (None, "") else str(first)
             if not self.actions:
                 prompt = system_prompt(valid_actions_of(play_env))

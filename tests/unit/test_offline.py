@@ -272,3 +272,27 @@ def test_random_agents_collect_reproducibly():
     a = asyncio.run(Random(1).run_episode(env, "Solve for x: 3x + 7 = 16"))
     b = asyncio.run(Random(1).run_episode(env, "Solve for x: 3x + 7 = 16"))
     assert [s["action"] for s in a["actions"]] == [s["action"] for s in b["actions"]]
+
+
+def test_a_problem_the_environment_rejects_fails_alone():
+    """test_inference's per-problem start: a bad problem is an episode with an error, not an
+    exception that loses the other problems (no engine needed to start it)."""
+    from transformers import AutoTokenizer
+
+    from rayrl.model_store import resolve_model
+    from rayrl.offline.trainer import AgenticTrainer, _quality
+
+    trainer = AgenticTrainer.__new__(AgenticTrainer)  # only what _start reads
+    trainer.actions, trainer.tokenizer = (
+        None,
+        AutoTokenizer.from_pretrained(resolve_model("SmolLM2-135M-Instruct")),
+    )
+    env = ActionMathEnvironment(EnvironmentConfig(max_turns=6))
+    bad, good = (
+        trainer._start("Solve for x: nothing here", env),
+        trainer._start("Solve for x: 3x + 7 = 16", env),
+    )
+    assert bad.done and bad.error.startswith("ValueError: no equation") and bad.ids == []
+    assert not good.done and good.ids and "identify_operation" in good.history[0]["content"]
+    quality = _quality([bad], with_env=True)
+    assert quality["results"][0]["error"] == bad.error and quality["accuracy"] == 0.0

@@ -20,6 +20,7 @@ import copy
 import logging
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +108,7 @@ class RemotePolicy:
     def generate(self, prompt: str, max_tokens: int = 256, temperature: float = 0.0) -> str:
         import ray
 
-        chat = ChatTokens(self._trainer.tokenizer)
-        ids = chat.prompt_ids([{"role": "user", "content": str(prompt)}])
+        ids = self._trainer.chat.prompt_ids([{"role": "user", "content": str(prompt)}])
         engine = self._trainer.ppo.engines[0]
         out = ray.get(engine.generate.remote(ids, max_tokens, temperature))
         return self._trainer.tokenizer.decode(out.token_ids, skip_special_tokens=True)
@@ -234,6 +234,11 @@ class AgenticTrainer:
             )
         return self.model, self.tokenizer, "cuda" if self.ppo.use_gpu else "cpu"
 
+    @cached_property
+    def chat(self) -> ChatTokens:
+        """Chat-template rendering of the model's tokenizer (after `setup_model`)."""
+        return ChatTokens(self.tokenizer)
+
     def _require_model(self) -> None:
         if self.ppo is None:
             raise RuntimeError("call setup_model() first")
@@ -325,7 +330,6 @@ class AgenticTrainer:
             logger.warning("test_inference without an environment: only format metrics (no accuracy)")
             max_actions = 1
         plays = [self._start(problem, env) for problem in problems]
-        chat = ChatTokens(self.tokenizer)
         engines = self.ppo.engines
         import ray
 
@@ -339,7 +343,7 @@ class AgenticTrainer:
                 for i, p in enumerate(active)
             ]
             for play, out in zip(active, ray.get(refs), strict=True):
-                self._advance(play, out, chat, env is not None)
+                self._advance(play, out, env is not None)
         return _quality(plays, env is not None)
 
     def _start(self, problem: Any, env: Any) -> _Play:
@@ -359,9 +363,9 @@ class AgenticTrainer:
             if not self.actions:
                 prompt = system_prompt(valid_actions_of(play_env))
         history = [{"role": "system", "content": prompt}, {"role": "user", "content": first}]
-        return _Play(problem, play_env, ChatTokens(self.tokenizer).prompt_ids(history), history)
+        return _Play(problem, play_env, self.chat.prompt_ids(history), history)
 
-    def _advance(self, play: _Play, out: Any, chat: ChatTokens, with_env: bool) -> None:
+    def _advance(self, play: _Play, out: Any, with_env: bool) -> None:
         text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True).strip()
         valid = valid_actions_of(play.env) if with_env else list(self.actions or [])
         name, params, well_formed = parse_action(text, valid or None)
@@ -393,7 +397,9 @@ class AgenticTrainer:
             and out.token_ids[-1] == self.tokenizer.eos_token_id
         )
         play.ids = (
-            play.ids + list(out.token_ids) + chat.continuation_ids(play.history, following, ended_with_eos)
+            play.ids
+            + list(out.token_ids)
+            + self.chat.continuation_ids(play.history, following, ended_with_eos)
         )
         play.history = play.history + [{"role": "assistant", "content": text}, *following]
 

@@ -19,7 +19,7 @@ weight in the `advantages` column the learner reads.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -97,7 +97,6 @@ class TrajectoryDataset:
     reward_mean: float = 0.0
     dropped_too_long: int = 0
     dropped_empty: int = 0
-    rewards: list[list[float]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -190,5 +189,4 @@ def build_dataset(
         reward_mean=float(np.mean(flat)) if flat else 0.0,
         dropped_too_long=dropped_long,
         dropped_empty=dropped_empty,
-        rewards=rewards,
     )

@@ -4,9 +4,10 @@ Every rank holds the model, computes the loss of its share of each mini-batch wi
 the mini-batch's global denominators (tokens or sequences of all ranks together),
 so the gradient the optimizer needs is the SUM over ranks of the local gradients.
 
-- `TorchStrategy`: plain torch. One rank: clip and step. Several: one flat
-  all-reduce (SUM) of the gradients per optimizer step over torch.distributed
-  (gloo on CPU, NCCL on GPU), then clip and step; every rank steps identically.
+- `TorchStrategy`: plain torch. One rank: clip and step. Several: torch's
+  DistributedDataParallel sums the gradients over torch.distributed (gloo on CPU,
+  NCCL on GPU) during the step's last backward pass, then clip and step; every rank
+  steps identically.
 - `DeepSpeedStrategy`: a DeepSpeed engine, ZeRO stage 0, 1, 2 or 3, with the torch
   AdamW as its client optimizer and DeepSpeed doing the clipping. DeepSpeed owns the
   accumulation boundary: every optimizer step takes exactly `micro_batches_per_step`
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,8 +171,20 @@ def max_over_ranks(values: list[float], world_size: int) -> list[float]:
     return local.tolist()
 
 
+def _sum_hook(state, bucket):  # no annotations: DDP checks them against the real classes
+    """DDP communication hook: all-reduce a gradient bucket (dist.GradBucket) as a SUM over ranks."""
+    return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda fut: fut.value()[0])
+
+
 class TorchStrategy(_DataParallel):
-    """Plain torch AdamW, gradients summed over ranks by hand (see the module docstring)."""
+    """Plain torch AdamW; with several ranks, torch's DistributedDataParallel sums the
+    gradients (see the module docstring).
+
+    DDP all-reduces bucket by bucket while the backward pass runs; `no_sync` keeps every
+    micro-batch but a step's last one local, so an optimizer step costs one reduction.
+    Ranks never run unevenly: `rank_micro_batches` pads a short rank with weight-0 passes
+    (which ZeRO-3 needs too), so DDP's `Join` has nothing to shadow.
+    """
 
     def __init__(
         self,
@@ -186,10 +199,26 @@ class TorchStrategy(_DataParallel):
         self.forward = module
         self.optim = optim
         self.world_size = world_size
+        if world_size > 1:
+            # buffers (rotary tables) are constants: no broadcast before every forward
+            self.forward = torch.nn.parallel.DistributedDataParallel(module, forward_sync_buffers=False)
+            # DDP averages over ranks; the losses are written for the sum (global
+            # denominators), so the hook all-reduces without dividing.
+            self.forward.register_comm_hook(None, _sum_hook)
         self.optimizer = torch.optim.AdamW(
             module.parameters(), lr=optim.learning_rate, weight_decay=optim.weight_decay
         )
         self._params = [p for p in module.parameters() if p.requires_grad]
+
+    def micro_batches(
+        self, seqs: SequenceBatch, rows: np.ndarray, micro_batch_size: int, device: torch.device
+    ) -> Iterator[MicroBatch]:
+        """As `_DataParallel.micro_batches`; the caller's forward and backward of every pass
+        but the step's last run inside DDP's `no_sync` (gradients accumulate locally)."""
+        for mb in super().micro_batches(seqs, rows, micro_batch_size, device):
+            local = self.world_size > 1 and not mb.last
+            with self.forward.no_sync() if local else nullcontext():
+                yield mb
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -198,13 +227,8 @@ class TorchStrategy(_DataParallel):
         loss.backward()
 
     def step(self) -> float:
-        """Sum gradients over ranks, clip, step; returns the (global) gradient norm."""
-        if self.world_size > 1:
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params]
-            flat = torch._utils._flatten_dense_tensors(grads)
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            for p, g in zip(self._params, torch._utils._unflatten_dense_tensors(flat, grads), strict=True):
-                p.grad = g
+        """Clip and step (DDP has summed the gradients over ranks); returns the global
+        gradient norm."""
         norm = torch.nn.utils.clip_grad_norm_(self._params, self.optim.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)  # no gradient memory held between updates

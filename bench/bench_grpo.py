@@ -2,10 +2,12 @@
 against raw vLLM on the same prompts, and weight-sync GB/s. Prints a table.
 
     .venv/bin/python bench/bench_grpo.py [--steps 6] [--prompts 8] [--samples 4] [--max-tokens 48]
+    .venv/bin/python bench/bench_grpo.py --peer trl     # also TRL's GRPOTrainer, same run
 
-The default shape (8 prompts x 4 samples x 48 new tokens, one turn) is the one TRL's
-GRPOTrainer took about 47 s per step for on this 2-core machine.
-Phases run in separate processes one after the other, so they never share the cores.
+`--peer trl` needs the bench extra (`.venv/bin/pip install -e ".[bench]"`): TRL's
+GRPOTrainer runs on the same prompts, reward, shape, learning rate, KL coefficient and
+micro-batch size, and the table gives both medians and their ratio.
+Parts run in separate processes one after the other, so they never share the cores.
 """
 
 from __future__ import annotations
@@ -65,6 +67,90 @@ def _prompt_ids(path: str, task: dict) -> list[int]:
     return tok.encode(text, add_special_tokens=False)
 
 
+def _reward(text: str, task: dict) -> float:
+    from rayrl.envs.math_feedback import last_integer
+
+    return float(last_integer(text) == task["a"] + task["b"])
+
+
+def trl_steps(args) -> dict:
+    """TRL's GRPOTrainer on rayrl's prompts: the same chat messages, reward (last integer is
+    the sum), batch (prompts x samples per optimizer step, in micro-batches of 16),
+    learning rate, KL coefficient and bf16 autocast; generation by transformers, as TRL
+    does without a vLLM server."""
+    import tempfile
+
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rayrl.config import ConfigStore, EnvironmentConfig
+    from rayrl.envs.math_feedback import MathFeedbackEnvironment
+    from rayrl.hardware import resolve_dtype
+    from rayrl.model_store import resolve_model
+
+    defaults = ConfigStore.from_dict({})
+    env = MathFeedbackEnvironment(EnvironmentConfig())
+    tasks = _tasks(args.prompts * (args.steps + 1))
+    data = Dataset.from_list(
+        [
+            {
+                "prompt": [
+                    {"role": "system", "content": env.get_prompt_prefix()},
+                    {"role": "user", "content": env.reset(t)},
+                ],
+                **t,
+            }
+            for t in tasks
+        ]
+    )
+
+    def reward(completions, a, b, **_):
+        return [
+            _reward(c[-1]["content"], {"a": x, "b": y}) for c, x, y in zip(completions, a, b, strict=True)
+        ]
+
+    micro = min(defaults.learner.micro_batch_size, args.prompts * args.samples)
+    step_ends: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *_, **__):
+            step_ends.append(time.perf_counter())
+
+    bf16 = resolve_dtype(defaults.learner.autocast_dtype, "cpu") == "bfloat16"
+    with tempfile.TemporaryDirectory() as out:
+        config = GRPOConfig(
+            output_dir=out,
+            use_cpu=True,
+            bf16=bf16,
+            per_device_train_batch_size=micro,
+            gradient_accumulation_steps=args.prompts * args.samples // micro,
+            num_generations=args.samples,
+            max_completion_length=args.max_tokens,
+            temperature=1.0,
+            learning_rate=defaults.training.learning_rate,
+            beta=defaults.training.kl_coef,
+            max_steps=args.steps,
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            shuffle_dataset=False,
+            seed=0,
+        )
+        trainer = GRPOTrainer(
+            model=resolve_model("SmolLM2-135M-Instruct"),
+            reward_funcs=reward,
+            args=config,
+            train_dataset=data,
+            callbacks=[Clock()],
+        )
+        t0 = time.perf_counter()
+        trainer.train()
+    times = [b - a for a, b in zip([t0, *step_ends], step_ends, strict=False)]
+    steady = times[1:] or times
+    return {"trl_time_step": statistics.median(steady), "trl_bf16": bf16}
+
+
 def rayrl_steps(args) -> dict:
     """GRPO steps through rayrl's real actors, then repeated weight syncs."""
     import ray
@@ -81,7 +167,8 @@ def rayrl_steps(args) -> dict:
                 "group_size": args.samples,
                 "eval_tasks": 0,
             },
-            "environment": {"max_turns": 1},
+            # as the default job: the built-in math environment runs in the agent loop
+            "environment": {"max_turns": 1, "isolation": "inline"},
             "checkpoint": {"run_dir": "/tmp/rayrl-bench", "save_final": False},
             "ray": {"include_dashboard": False},
         }
@@ -126,14 +213,20 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--part", choices=["raw", "rayrl"], help=argparse.SUPPRESS)
+    parser.add_argument("--peer", choices=["trl"], help="also run this peer's GRPO trainer, same run")
+    parser.add_argument("--part", choices=["raw", "rayrl", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:
-        result = raw_vllm(args) if args.part == "raw" else rayrl_steps(args)
+        result = {"raw": raw_vllm, "rayrl": rayrl_steps, "trl": trl_steps}[args.part](args)
         print("RESULT " + json.dumps(result))
         return
+    if args.peer == "trl":
+        try:
+            import trl  # noqa: F401
+        except ImportError:
+            raise SystemExit('--peer trl needs TRL: .venv/bin/pip install -e ".[bench]"') from None
     results = {}
-    for part in ("raw", "rayrl"):
+    for part in ("raw", "rayrl", *([args.peer] if args.peer else [])):
         cmd = [
             sys.executable,
             __file__,
@@ -163,7 +256,14 @@ def main() -> None:
         ("  reference (s)", f"{r['time_reference']:.1f}"),
         ("  update (s)", f"{r['time_update']:.1f}"),
         ("  weight sync (s)", f"{r['time_sync']:.2f}"),
-        ("vs TRL GRPOTrainer 47 s/step", f"{47.0 / r['time_step']:.1f}x faster"),
+        *(
+            [
+                ("TRL GRPOTrainer step, median (s)", f"{r['trl_time_step']:.1f}"),
+                ("rayrl / TRL step time", f"{r['time_step'] / r['trl_time_step']:.2f}"),
+            ]
+            if "trl_time_step" in r
+            else []
+        ),
         ("rollout tokens/s, rayrl (same prompts)", f"{r['same_prompts_tokens_per_s']:.0f}"),
         ("rollout tokens/s, raw vLLM", f"{r['raw_vllm_tokens_per_s']:.0f}"),
         ("rayrl / raw vLLM", f"{r['same_prompts_tokens_per_s'] / r['raw_vllm_tokens_per_s']:.2f}"),

@@ -1,6 +1,6 @@
 """Learner strategies on the default model: one PPO update's time per strategy. Prints a table.
 
-    .venv/bin/python bench/bench_strategies.py [--updates 3] [--seqs 16] [--prompt 64] [--gen 64]
+    .venv/bin/python bench/bench_strategies.py [--updates 3] [--seqs 16] [--prompt 64] [--gen 64] [--only torch]
 
 Every row trains the same synthetic batch (`--seqs` sequences of `--prompt` masked
 and `--gen` trainable tokens, micro-batches of 4, one mini-batch, bf16 autocast)
@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=64)
     parser.add_argument("--gen", type=int, default=64)
     parser.add_argument("--model", default="SmolLM2-135M-Instruct")
+    parser.add_argument("--only", help="rows whose strategy name starts with this (e.g. torch)")
     args = parser.parse_args()
 
     import ray
@@ -96,6 +97,8 @@ def main() -> None:
     rows = []
     try:
         for name, world, training in STRATEGIES:
+            if args.only and not name.startswith(args.only):
+                continue
             times = time_strategy(ray, model_path, world, training, args)
             rows.append((name, world, statistics.median(times)))
     finally:

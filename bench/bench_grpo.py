@@ -193,7 +193,15 @@ def rayrl_steps(args) -> dict:
     steady = history[1:] or history  # the first step includes engine warm-up
     med = {
         k: statistics.median(r[k] for r in steady)
-        for k in ("time_step", "time_rollout", "time_reference", "time_update", "time_sync", "tokens_per_s")
+        for k in (
+            "time_step",
+            "time_rollout",
+            "time_reference",
+            "time_update",
+            "time_sync",
+            "tokens_per_s",
+            "logprob_gap",
+        )
     }
     return {
         "setup_s": setup_s,
@@ -268,6 +276,7 @@ def main() -> None:
         ("rollout tokens/s, raw vLLM", f"{r['raw_vllm_tokens_per_s']:.0f}"),
         ("rayrl / raw vLLM", f"{r['same_prompts_tokens_per_s'] / r['raw_vllm_tokens_per_s']:.2f}"),
         ("rollout tokens/s in GRPO steps (median)", f"{r['tokens_per_s']:.0f}"),
+        ("engine vs learner log-prob, mean abs gap", f"{r['logprob_gap']:.4f}"),
         (
             "weight sync (GB/s, median of 5)",
             f"{r['sync_gb_per_s']:.2f} ({r['sync_bytes'] / 1e6:.0f} MB in {r['sync_seconds']:.2f} s)",

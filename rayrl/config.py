@@ -245,6 +245,12 @@ class _ModelRoleConfig(_Section):
     """torch threads per CPU rank; default: every core of the node (the learner: the
     node's cores divided among its ranks)."""
 
+    packing: bool = True
+    """Pass each micro-batch as one packed row: every distinct prompt once (a group's
+    samples share it), each continuation attending to its prompt and itself. Fewer
+    tokens than padding (about 45% fewer, 20% less time, on the default job's shape);
+    needs sdpa or eager attention. False: right-padded rows of similar length."""
+
     release_memory: bool = True
     """After each pass, return freed heap to the system (CPU), so an idle role holds its
     weights and optimizer state, not its activation peak, while the others take their

@@ -41,10 +41,14 @@ class ValueModel(torch.nn.Module):
         torch.nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1))
         torch.nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids, attention_mask, loss_mask) -> torch.Tensor:
-        """Values of the tokens where `loss_mask` is set, flattened row by row."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        h = hidden[:, :-1][loss_mask[:, 1:]]
+    def forward(
+        self, input_ids, attention_mask, loss_mask=None, position_ids=None, predictor=None, targets=None
+    ) -> torch.Tensor:
+        """Values at the states that predict the scored tokens, flattened row by row (padded
+        or packed inputs, as `modeling.token_logprobs` takes them)."""
+        h, _ = modeling.predicting_states(
+            self.backbone, input_ids, attention_mask, loss_mask, position_ids, predictor, targets
+        )
         return self.value_head(h).squeeze(-1).float()
 
 
@@ -119,6 +123,7 @@ class Critic:
             self.config.autocast_dtype,
             rows=rows,
             num_passes=num_passes,
+            packing=self.config.packing,
         )
         modeling.release_memory(self.device, self.config.release_memory)
         return values
@@ -141,7 +146,7 @@ class Critic:
             for mb in self.strategy.micro_batches(seqs, mini, self.config.micro_batch_size, self.device):
                 idx, weight = mb.index, mb.weight
                 with modeling.autocast(self.device, self.config.autocast_dtype):
-                    values = self.strategy.forward(mb.input_ids, mb.attention_mask, mb.loss_mask)
+                    values = self.strategy.forward(**mb.inputs)
                 token_loss, was_clipped = compute_value_loss(
                     values,
                     old_values[idx].to(self.device),

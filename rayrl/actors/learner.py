@@ -166,7 +166,12 @@ class ActorLearner:
         if not on_policy:
             old_lp = torch.from_numpy(
                 modeling.batch_logprobs(
-                    self.strategy.forward, seqs, role.micro_batch_size, self.device, role.autocast_dtype
+                    self.strategy.forward,
+                    seqs,
+                    role.micro_batch_size,
+                    self.device,
+                    role.autocast_dtype,
+                    packing=role.packing,
                 )
             )
 
@@ -182,9 +187,7 @@ class ActorLearner:
                 idx, weight = mb.index, mb.weight
                 with modeling.autocast(self.device, role.autocast_dtype):
                     lp, entropy = self.strategy.forward(
-                        mb.input_ids,
-                        mb.attention_mask,
-                        mb.loss_mask,
+                        **mb.inputs,
                         with_entropy=epoch == 0 or cfg.entropy_coef > 0,
                         entropy_grad=cfg.entropy_coef > 0,
                     )

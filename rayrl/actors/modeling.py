@@ -122,10 +122,84 @@ class SequenceBatch:
         """Trainable tokens in the batch."""
         return int(self.token_offsets[-1])
 
-    def micro_batches(self, rows: np.ndarray, size: int) -> list[np.ndarray]:
-        """Split `rows` into micro-batches of similar lengths (less padding)."""
-        rows = rows[np.argsort(self.lengths[rows], kind="stable")]
+    def micro_batches(self, rows: np.ndarray, size: int, packing: bool = False) -> list[np.ndarray]:
+        """Split `rows` into micro-batches: of similar lengths (less padding), or with
+        `packing`, rows of one prompt together (a packed pass holds each prompt once)."""
+        if packing:
+            first: dict[bytes, int] = {}
+            keys = [first.setdefault(self.prompt_key(r), i) for i, r in enumerate(rows)]
+            rows = rows[np.argsort(keys, kind="stable")]
+        else:
+            rows = rows[np.argsort(self.lengths[rows], kind="stable")]
         return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+    def prompt_length(self, row: int) -> int:
+        """Tokens of `row` before its first trainable one (its prompt)."""
+        trained = np.flatnonzero(self.masks[row].numpy())
+        return int(trained[0]) if len(trained) else int(self.lengths[row])
+
+    def prompt_key(self, row: int) -> bytes:
+        return self.ids[row][: self.prompt_length(row)].numpy().tobytes()
+
+    def packed(self, rows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+        """Forward inputs of `rows` as one packed row: each distinct prompt once, followed
+        by the continuation of every row that starts with it; a continuation attends to its
+        prompt and to itself (a 4-D attention mask), with the positions it has in its own
+        row. A group's samples share their prompt, so this computes fewer tokens than
+        padding. `predictor` and `targets` give, for every trainable token in the order
+        `flat_index(rows)` lists them, the packed position whose hidden state predicts it
+        and the token itself."""
+        groups: dict[bytes, list[int]] = {}
+        for r in rows:
+            groups.setdefault(self.prompt_key(r), []).append(int(r))
+        ids, pos, grp, own = [], [], [], []
+        where: dict[int, np.ndarray] = {}  # row -> packed position of each of its tokens
+        at = 0
+        for g, members in enumerate(groups.values()):
+            p = self.prompt_length(members[0])
+            prefix = np.arange(at, at + p)
+            ids.append(self.ids[members[0]][:p].numpy())
+            pos.append(np.arange(p))
+            grp.append(np.full(p, g))
+            own.append(np.full(p, -1))
+            at += p
+            for r in members:
+                n = int(self.lengths[r]) - p
+                ids.append(self.ids[r][p:].numpy())
+                pos.append(np.arange(p, p + n))
+                grp.append(np.full(n, g))
+                own.append(np.full(n, r))
+                where[r] = np.concatenate([prefix, np.arange(at, at + n)])
+                at += n
+        pos_t, grp_t, own_t = (torch.from_numpy(np.concatenate(a)) for a in (pos, grp, own))
+        allowed = (
+            (grp_t[:, None] == grp_t[None, :])
+            & (pos_t[None, :] <= pos_t[:, None])
+            & ((own_t[None, :] == -1) | (own_t[None, :] == own_t[:, None]))
+        )
+        predictor, targets = [], []
+        for r in rows:
+            t = np.flatnonzero(self.masks[r].numpy())
+            if len(t) and t[0] == 0:
+                raise ValueError(f"row {r}: its first token is marked trainable, but nothing predicts it")
+            predictor.append(where[int(r)][t - 1])
+            targets.append(self.ids[r].numpy()[t])
+        return {
+            "input_ids": torch.from_numpy(np.concatenate(ids)).unsqueeze(0).to(device),
+            "attention_mask": allowed[None, None].to(device),
+            "position_ids": pos_t.unsqueeze(0).to(device),
+            "predictor": torch.from_numpy(np.concatenate(predictor)).to(device),
+            "targets": torch.from_numpy(np.concatenate(targets)).to(device),
+        }
+
+    def forward_inputs(
+        self, rows: np.ndarray, device: torch.device, packing: bool
+    ) -> dict[str, torch.Tensor]:
+        """Keyword arguments of a `TokenLogprobs` / `ValueModel` pass over `rows`."""
+        if packing:
+            return self.packed(rows, device)
+        ids, attn, mask = self.padded(rows, device)
+        return {"input_ids": ids, "attention_mask": attn, "loss_mask": mask}
 
     def padded(self, rows: np.ndarray, device: torch.device):
         """(input_ids, attention_mask, loss_mask) right-padded for `rows`."""
@@ -153,27 +227,58 @@ class SequenceBatch:
         )
 
 
+def predicting_states(
+    decoder, input_ids, attention_mask, loss_mask=None, position_ids=None, predictor=None, targets=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden states that predict the scored tokens, those tokens), flattened row by row.
+
+    Padded inputs (B, T) score the tokens where `loss_mask` is set (position t-1 predicts
+    token t; the first token is never scored). Packed inputs (`SequenceBatch.packed`:
+    one row, a 4-D boolean attention mask, `position_ids`) score `targets` from the
+    states at `predictor`.
+    """
+    if predictor is None:
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        select = loss_mask[:, 1:]
+        return hidden[:, :-1][select], input_ids[:, 1:][select]
+    impl = getattr(decoder.config, "_attn_implementation", "sdpa")
+    if impl == "eager":  # eager attention adds its mask: 0 where allowed, a large negative elsewhere
+        attention_mask = torch.zeros(
+            attention_mask.shape, dtype=torch.float32, device=attention_mask.device
+        ).masked_fill(~attention_mask, torch.finfo(torch.float32).min)
+    elif impl != "sdpa":
+        raise ValueError(
+            f"packing needs sdpa or eager attention, the model uses {impl!r} (set packing: false)"
+        )
+    hidden = decoder(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+    ).last_hidden_state
+    return hidden[0][predictor], targets
+
+
 def token_logprobs(
     model,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    loss_mask: torch.Tensor,
+    loss_mask: torch.Tensor | None = None,
     with_entropy: bool = False,
     entropy_grad: bool = False,
+    position_ids: torch.Tensor | None = None,
+    predictor: torch.Tensor | None = None,
+    targets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs of the tokens where `loss_mask` is set, flattened row by row.
+    """Log-probs of the scored tokens, flattened row by row.
 
     Args:
         model: a Hugging Face causal LM.
-        input_ids / attention_mask / loss_mask: (B, T); loss_mask[b, t] marks tokens to score.
+        input_ids / attention_mask / loss_mask: (B, T); loss_mask[b, t] marks tokens to
+            score. Or packed inputs (see `predicting_states`).
         with_entropy: also return the predictive entropy at those positions.
         entropy_grad: keep the entropy in the autograd graph (for an entropy bonus).
     """
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    # Position t-1 predicts token t; the first token is never scored.
-    select = loss_mask[:, 1:]
-    h = hidden[:, :-1][select]
-    targets = input_ids[:, 1:][select]
+    h, targets = predicting_states(
+        model.get_decoder(), input_ids, attention_mask, loss_mask, position_ids, predictor, targets
+    )
     logits = model.get_output_embeddings()(h).float()
     logp_all = torch.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -196,8 +301,28 @@ class TokenLogprobs(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, loss_mask, with_entropy=False, entropy_grad=False):
-        return token_logprobs(self.model, input_ids, attention_mask, loss_mask, with_entropy, entropy_grad)
+    def forward(
+        self,
+        input_ids,
+        attention_mask,
+        loss_mask=None,
+        with_entropy=False,
+        entropy_grad=False,
+        position_ids=None,
+        predictor=None,
+        targets=None,
+    ):
+        return token_logprobs(
+            self.model,
+            input_ids,
+            attention_mask,
+            loss_mask,
+            with_entropy,
+            entropy_grad,
+            position_ids,
+            predictor,
+            targets,
+        )
 
 
 @torch.no_grad()
@@ -209,6 +334,7 @@ def batch_logprobs(
     autocast_dtype: str,
     rows: np.ndarray | None = None,
     num_passes: int | None = None,
+    packing: bool = False,
 ) -> np.ndarray:
     """Flat float32 per-token outputs of `forward` (log-probs, or a critic's values) for
     the trainable tokens of `rows`, in table order.
@@ -219,19 +345,20 @@ def batch_logprobs(
         num_passes: make exactly this many forward passes, repeating a micro-batch whose
             output is dropped when the rows need fewer (ZeRO-3's forward is a collective
             that every rank enters equally often).
+        packing: pass each micro-batch packed (`SequenceBatch.packed`) instead of padded.
     """
     rows = np.arange(len(batch)) if rows is None else rows
     base = int(batch.token_offsets[rows[0]]) if len(rows) else 0
     out = np.zeros(int(batch.token_counts[rows].sum()), dtype=np.float32)
-    micros = batch.micro_batches(rows, micro_batch_size)
+    micros = batch.micro_batches(rows, micro_batch_size, packing)
     passes = [(m, True) for m in micros]
     if num_passes is not None:
         filler = micros[0] if micros else np.zeros(1, dtype=np.int64)
         passes += [(filler, False)] * (num_passes - len(micros))
     for micro, keep in passes:
-        ids, attn, mask = batch.padded(micro, device)
+        inputs = batch.forward_inputs(micro, device, packing)
         with autocast(device, autocast_dtype):
-            result = forward(ids, attn, mask)
+            result = forward(**inputs)
         if keep:
             values = result[0] if isinstance(result, tuple) else result
             out[batch.flat_index(micro) - base] = values.float().cpu().numpy()

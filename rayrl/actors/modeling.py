@@ -142,52 +142,61 @@ class SequenceBatch:
         return self.ids[row][: self.prompt_length(row)].numpy().tobytes()
 
     def packed(self, rows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
-        """Forward inputs of `rows` as one packed row: each distinct prompt once, followed
-        by the continuation of every row that starts with it; a continuation attends to its
-        prompt and to itself (a 4-D attention mask), with the positions it has in its own
-        row. A group's samples share their prompt, so this computes fewer tokens than
-        padding. `predictor` and `targets` give, for every trainable token in the order
-        `flat_index(rows)` lists them, the packed position whose hidden state predicts it
-        and the token itself."""
+        """Forward inputs of `rows` packed by prompt: one row per distinct prompt, holding
+        the prompt once and then the continuation of every row that starts with it. A
+        continuation attends to its prompt and to itself (a 4-D attention mask), at the
+        positions it has in its own row. A group's samples share their prompt, so this
+        computes fewer tokens than padding, and attention stays within a group (one packed
+        row for the whole micro-batch would cost attention quadratic in all its tokens).
+        Packed rows are right-padded; a padding position attends only to itself.
+        `predictor` and `targets` give, for every trainable token in the order
+        `flat_index(rows)` lists them, the flat (row-major) position whose hidden state
+        predicts it, and the token itself."""
         groups: dict[bytes, list[int]] = {}
         for r in rows:
             groups.setdefault(self.prompt_key(r), []).append(int(r))
-        ids, pos, grp, own = [], [], [], []
-        where: dict[int, np.ndarray] = {}  # row -> packed position of each of its tokens
-        at = 0
-        for g, members in enumerate(groups.values()):
+        packs = []  # per packed row: (ids, positions, owner row or -1 for the prompt)
+        where: dict[int, np.ndarray] = {}  # row -> its tokens' positions within its packed row
+        for members in groups.values():
             p = self.prompt_length(members[0])
-            prefix = np.arange(at, at + p)
-            ids.append(self.ids[members[0]][:p].numpy())
-            pos.append(np.arange(p))
-            grp.append(np.full(p, g))
-            own.append(np.full(p, -1))
-            at += p
+            ids, pos, own = [self.ids[members[0]][:p].numpy()], [np.arange(p)], [np.full(p, -1)]
+            at = p
             for r in members:
                 n = int(self.lengths[r]) - p
                 ids.append(self.ids[r][p:].numpy())
                 pos.append(np.arange(p, p + n))
-                grp.append(np.full(n, g))
                 own.append(np.full(n, r))
-                where[r] = np.concatenate([prefix, np.arange(at, at + n)])
+                where[r] = np.concatenate([np.arange(p), np.arange(at, at + n)])
                 at += n
-        pos_t, grp_t, own_t = (torch.from_numpy(np.concatenate(a)) for a in (pos, grp, own))
+            packs.append((np.concatenate(ids), np.concatenate(pos), np.concatenate(own)))
+        width = max(len(ids) for ids, _, _ in packs)
+        ids_t = torch.zeros(len(packs), width, dtype=torch.long)
+        pos_t = torch.zeros(len(packs), width, dtype=torch.long)
+        own_t = torch.full((len(packs), width), -2, dtype=torch.long)  # -2: padding
+        for g, (ids, pos, own) in enumerate(packs):
+            ids_t[g, : len(ids)] = torch.from_numpy(ids)
+            pos_t[g, : len(ids)] = torch.from_numpy(pos)
+            own_t[g, : len(ids)] = torch.from_numpy(own)
+        real = own_t != -2
         allowed = (
-            (grp_t[:, None] == grp_t[None, :])
-            & (pos_t[None, :] <= pos_t[:, None])
-            & ((own_t[None, :] == -1) | (own_t[None, :] == own_t[:, None]))
+            real[:, None, :]
+            & real[:, :, None]
+            & (pos_t[:, None, :] <= pos_t[:, :, None])
+            & ((own_t[:, None, :] == -1) | (own_t[:, None, :] == own_t[:, :, None]))
         )
+        allowed |= torch.diag_embed(~real)  # padding sees itself: no row without a key
+        pack_of = {r: g for g, members in enumerate(groups.values()) for r in members}
         predictor, targets = [], []
         for r in rows:
             t = np.flatnonzero(self.masks[r].numpy())
             if len(t) and t[0] == 0:
                 raise ValueError(f"row {r}: its first token is marked trainable, but nothing predicts it")
-            predictor.append(where[int(r)][t - 1])
+            predictor.append(pack_of[int(r)] * width + where[int(r)][t - 1])
             targets.append(self.ids[r].numpy()[t])
         return {
-            "input_ids": torch.from_numpy(np.concatenate(ids)).unsqueeze(0).to(device),
-            "attention_mask": allowed[None, None].to(device),
-            "position_ids": pos_t.unsqueeze(0).to(device),
+            "input_ids": ids_t.to(device),
+            "attention_mask": allowed[:, None].to(device),
+            "position_ids": pos_t.to(device),
             "predictor": torch.from_numpy(np.concatenate(predictor)).to(device),
             "targets": torch.from_numpy(np.concatenate(targets)).to(device),
         }
@@ -234,7 +243,7 @@ def predicting_states(
 
     Padded inputs (B, T) score the tokens where `loss_mask` is set (position t-1 predicts
     token t; the first token is never scored). Packed inputs (`SequenceBatch.packed`:
-    one row, a 4-D boolean attention mask, `position_ids`) score `targets` from the
+    a row per prompt, a 4-D boolean attention mask, `position_ids`) score `targets` from the
     states at `predictor`.
     """
     if predictor is None:
@@ -253,7 +262,7 @@ def predicting_states(
     hidden = decoder(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
     ).last_hidden_state
-    return hidden[0][predictor], targets
+    return hidden.reshape(-1, hidden.shape[-1])[predictor], targets
 
 
 def token_logprobs(

@@ -100,9 +100,11 @@ def test_a_packed_pass_holds_each_prompt_once_and_keeps_groups_together():
     rows = np.array([3, 0, 6, 4, 1, 5, 2])
     assert [r.tolist() for r in batch.micro_batches(rows, 3, packing=True)] == [[3, 4, 5], [0, 1, 2], [6]]
     packed = batch.packed(np.array([0, 1, 2, 6]), torch.device("cpu"))
-    distinct_prompts = 5 + 2
-    continuations = sum(int(batch.lengths[r]) - batch.prompt_length(r) for r in (0, 1, 2, 6))
-    assert packed["input_ids"].shape == (1, distinct_prompts + continuations)
+    # a packed row per prompt: rows 0-2 after their shared 5-token prompt, row 6 after its own
+    first = 5 + sum(int(batch.lengths[r]) - 5 for r in (0, 1, 2))
+    assert packed["input_ids"].shape == (2, first)
+    second = 2 + int(batch.lengths[6]) - 2
+    assert packed["attention_mask"][1, 0, second:, :second].sum() == 0  # padding sees no token
     assert len(packed["predictor"]) == int(batch.token_counts[[0, 1, 2, 6]].sum())
     mask = packed["attention_mask"][0, 0]
     first_row_start = 5  # row 0's continuation follows the shared prompt
@@ -130,8 +132,8 @@ def test_packed_passes_equal_padded_ones_in_values_and_gradients(tiny_model, att
         grads = [p.grad.clone() for p in model.parameters()]
         results[packing] = (lp.detach(), ent, grads)
     (lp0, ent0, g0), (lp1, ent1, g1) = results[False], results[True]
-    assert lp1.tolist() == pytest.approx(lp0.tolist(), abs=1e-5)
-    assert ent1.tolist() == pytest.approx(ent0.tolist(), abs=1e-5)
+    assert lp1.tolist() == pytest.approx(lp0.tolist(), rel=1e-5, abs=1e-5)
+    assert ent1.tolist() == pytest.approx(ent0.tolist(), rel=1e-5, abs=1e-5)
     for a, b in zip(g0, g1, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
     critic = ValueModel(tiny_model)

@@ -246,10 +246,10 @@ class _ModelRoleConfig(_Section):
     node's cores divided among its ranks)."""
 
     packing: bool = True
-    """Pass each micro-batch as one packed row: every distinct prompt once (a group's
-    samples share it), each continuation attending to its prompt and itself. Fewer
-    tokens than padding (about 45% fewer, 20% less time, on the default job's shape);
-    needs sdpa or eager attention. False: right-padded rows of similar length."""
+    """Pass a micro-batch as one packed row per distinct prompt: the prompt once (a group's
+    samples share it), then each continuation, attending to its prompt and itself. Fewer
+    tokens than padding (bench/bench_learner_device.py: 1596 against 2320 tokens, update
+    0.64x); needs sdpa or eager attention. False: right-padded rows of similar length."""
 
     release_memory: bool = True
     """After each pass, return freed heap to the system (CPU), so an idle role holds its

@@ -112,6 +112,14 @@ class SequenceBatch:
         self.masks = [torch.from_numpy(mask[offsets[i] : offsets[i + 1]]) for i in range(len(self.lengths))]
         counts = np.array([int(m.sum()) for m in self.masks], dtype=np.int64)
         self.token_counts = counts
+        # tokens before each row's first trainable one: its prompt (packed passes share it)
+        self.prompt_lengths = np.array(
+            [
+                int(m.numpy().argmax()) if c else n
+                for m, c, n in zip(self.masks, counts, self.lengths, strict=True)
+            ],
+            dtype=np.int64,
+        )
         self.token_offsets = np.concatenate([[0], np.cumsum(counts)])
 
     def __len__(self) -> int:
@@ -135,11 +143,10 @@ class SequenceBatch:
 
     def prompt_length(self, row: int) -> int:
         """Tokens of `row` before its first trainable one (its prompt)."""
-        trained = np.flatnonzero(self.masks[row].numpy())
-        return int(trained[0]) if len(trained) else int(self.lengths[row])
+        return int(self.prompt_lengths[row])
 
     def prompt_key(self, row: int) -> bytes:
-        return self.ids[row][: self.prompt_length(row)].numpy().tobytes()
+        return self.ids[row][: self.prompt_lengths[row]].numpy().tobytes()
 
     def packed(self, rows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
         """Forward inputs of `rows` packed by prompt: one row per distinct prompt, holding
@@ -310,28 +317,9 @@ class TokenLogprobs(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(
-        self,
-        input_ids,
-        attention_mask,
-        loss_mask=None,
-        with_entropy=False,
-        entropy_grad=False,
-        position_ids=None,
-        predictor=None,
-        targets=None,
-    ):
-        return token_logprobs(
-            self.model,
-            input_ids,
-            attention_mask,
-            loss_mask,
-            with_entropy,
-            entropy_grad,
-            position_ids,
-            predictor,
-            targets,
-        )
+    def forward(self, *args, **kwargs):
+        """`token_logprobs` of the wrapped model (same arguments after `model`)."""
+        return token_logprobs(self.model, *args, **kwargs)
 
 
 @torch.no_grad()

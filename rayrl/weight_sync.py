@@ -95,15 +95,29 @@ def plan_buckets(spec: WeightSpec, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> 
 
 
 def fingerprint_names(spec: WeightSpec) -> list[str]:
-    """Weights both sides hold in the same layout, fingerprinted after every sync: the
-    embedding and the norms (an engine may repack its GEMM weights after a load, and
-    merges some of them, so those cannot be read back as sent)."""
-    return [t.name for t in spec if t.name.endswith(("norm.weight", "embed_tokens.weight"))]
+    """Weights fingerprinted after every sync: the embedding and the norms, which both sides
+    hold as sent, and the GEMM weights of the first module that has any (an attention
+    block): an engine may fuse those (q, k, v into one) and repack them into its kernel's
+    layout, so it reads them back through the kernel and the learner adds up its parts
+    (see `expected_fingerprint`)."""
+    names = [t.name for t in spec if t.name.endswith(("norm.weight", "embed_tokens.weight"))]
+    gemm = [t.name for t in spec if len(t.shape) == 2 and not t.name.endswith("embed_tokens.weight")]
+    if gemm:
+        first = module_parent(gemm[0])
+        names += [n for n in gemm if module_parent(n) == first]
+    return names
+
+
+def module_parent(name: str) -> str:
+    """The block a weight's layer sits in: "model.layers.0.self_attn" for
+    "model.layers.0.self_attn.q_proj.weight". Engines fuse layers only within a block."""
+    return name.rsplit(".", 2)[0]
 
 
 def fingerprint(named_tensors: Iterable[tuple[str, torch.Tensor]], names: list[str], dtype: str) -> dict:
     """Exact checksums of the named tensors as `dtype` holds them: the integer sum of their
-    bit patterns (order-free, so equal on both sides whatever their threads)."""
+    bit patterns (order-free, so equal on both sides whatever their threads, and additive:
+    a fused tensor's checksum is the sum of its parts')."""
     wanted, out = set(names), {}
     as_int = {2: torch.int16, 4: torch.int32}
     for name, tensor in named_tensors:
@@ -111,6 +125,15 @@ def fingerprint(named_tensors: Iterable[tuple[str, torch.Tensor]], names: list[s
             t = tensor.detach().to(torch_dtype(dtype)).contiguous()
             out[name] = int(t.view(as_int[t.element_size()]).sum(dtype=torch.int64))
     return out
+
+
+def expected_fingerprint(sent: dict, key: str) -> int | None:
+    """The sender's checksum for an engine's `key`: one weight's name, or the names of the
+    weights fused into one tensor joined by "+" (the sum of theirs)."""
+    parts = key.split("+")
+    if any(p not in sent for p in parts):
+        return None
+    return sum(sent[p] for p in parts)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -259,14 +282,14 @@ def sync_engines(
     received = ray.get(receives)
     for i, got in enumerate(received):
         for w, prints in enumerate(got["fingerprints"]):
-            wrong = sorted(n for n in prints if prints[n] != expected.get(n))
+            wrong = sorted(n for n in prints if prints[n] != expected_fingerprint(expected, n))
             if wrong:
                 raise WeightSyncError(
                     f"engine {i} (worker {w}) does not serve the weights of version {version} it was "
                     f"sent: {len(wrong)} of {len(prints)} fingerprinted tensors differ ({', '.join(wrong[:3])}"
                     f"{', ...' if len(wrong) > 3 else ''}); it did not load the broadcast"
                 )
-    covered = min((len(p) for got in received for p in got["fingerprints"]), default=0)
+    covered = min((sum(len(k.split("+")) for k in p) for got in received for p in got["fingerprints"]), default=0)
     first = received[0] if received else {}
     engine = {f"engine_{k}": v for k, v in first.items() if k.endswith("_s")}
     return {**sent, **engine, "canary_tensors": covered}

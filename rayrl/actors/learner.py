@@ -97,6 +97,7 @@ class ActorLearner:
         self.lora = config.lora_rank > 0
         if self.lora:
             self.model = _with_lora(self.model, config)
+            self._spec = _adapted_blocks(self._spec, self.model)
         self.strategy = None
         if config.strategy == "torch" and world_size == 1:
             self.strategy = self._make_strategy()
@@ -250,7 +251,8 @@ class ActorLearner:
 
     # ---- weight sync -----------------------------------------------------
     def weight_spec(self) -> weight_sync.WeightSpec:
-        """Names, shapes and wire dtypes of the weights the engines receive."""
+        """Names, shapes and wire dtypes of the weights the engines receive: every weight,
+        or with LoRA those of the blocks that hold adapters (the rest never changes)."""
         return list(self._spec)
 
     def group_address(self) -> tuple[str, int]:
@@ -280,7 +282,8 @@ class ActorLearner:
         with torch.no_grad(), self.strategy.full_parameters():
             if self.rank == 0:
                 # one pass over the weights (with LoRA each one is merged on the fly)
-                weights = list(self.full_weights())
+                sending = {t.name for t in self._spec}
+                weights = [(n, t) for n, t in self.full_weights() if n in sending]
                 sent = weight_sync.send_weights(self._group, weights, self._spec, bucket_bytes, self.device)
                 names = weight_sync.fingerprint_names(self._spec)
                 prints = weight_sync.fingerprint(weights, names, self.sync_dtype)
@@ -379,3 +382,18 @@ def _with_lora(model, config: LearnerConfig):
         bias="none",
     )
     return get_peft_model(model, lora)
+
+
+def _adapted_blocks(spec: weight_sync.WeightSpec, model) -> weight_sync.WeightSpec:
+    """The part of `spec` a LoRA learner changes: every weight of each block (attention,
+    MLP) that holds an adapter. Whole blocks, because engines fuse a block's layers (q, k
+    and v into one tensor) and load a fused tensor only once all its parts arrived; the
+    rest keeps the base weights the engines started from."""
+    from peft.tuners.lora import LoraLayer
+
+    blocks = {
+        weight_sync.module_parent(f"{name}.weight")
+        for name, module in model.get_base_model().named_modules()
+        if isinstance(module, LoraLayer)
+    }
+    return [t for t in spec if weight_sync.module_parent(t.name) in blocks]

@@ -32,10 +32,16 @@ class WeightSyncExtension:
         return rank
 
     def rayrl_fingerprint(self, names: list[str]) -> dict:
-        """`weight_sync.fingerprint` of the named weights as the running model holds them."""
+        """`weight_sync.fingerprint` of the named weights as the running model holds them:
+        read directly where the model keeps them as sent, and for a GEMM layer (possibly
+        fused, "a+b+c" keys) read back through the kernel it runs with."""
         model = self.model_runner.model
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-        return weight_sync.fingerprint(model.named_parameters(), names, dtype)
+        held = ((n, p) for n, p in model.named_parameters() if p.numel() > 0)  # not a packed GEMM's stub
+        prints = weight_sync.fingerprint(held, names, dtype)
+        fused = _gemm_weights(model, set(names) - set(prints))
+        prints.update(weight_sync.fingerprint(fused.items(), list(fused), dtype))
+        return prints
 
     def rayrl_receive_weights(self, wire_spec: list, bucket_bytes: int) -> dict:
         """Receive one broadcast of every weight and load it into the running model.
@@ -94,15 +100,13 @@ class WeightSyncExtension:
 
 
 class _ExpectedReloadWarnings(logging.Filter):
-    """Drop the per-sync "Failed to load weights" warnings that are expected: rotary
-    embeddings hold only derived buffers, and a tied LM head is re-tied right after."""
-
-    EXPECTED = {"RotaryEmbedding", "ParallelLMHead"}
+    """Drop the per-sync "Failed to load weights" warnings: a layer that receives nothing
+    keeps its weights, which is expected (rotary embeddings hold only derived buffers, a
+    tied LM head is re-tied right after, a LoRA learner sends only the blocks it adapts).
+    A layer that should have loaded and did not is caught by the fingerprints instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (
-            "Failed to load weights" in str(record.msg) and record.args and record.args[0] in self.EXPECTED
-        )
+        return "Failed to load weights" not in str(record.msg)
 
 
 def _shared_parameters(model: torch.nn.Module) -> list[tuple[str, str]]:
@@ -115,3 +119,28 @@ def _shared_parameters(model: torch.nn.Module) -> list[tuple[str, str]]:
         else:
             first[id(param)] = name
     return aliases
+
+
+@torch.no_grad()
+def _gemm_weights(model: torch.nn.Module, wanted: set[str]) -> dict[str, torch.Tensor]:
+    """The weights of the GEMM layers whose checkpoint weights are all in `wanted`, as the
+    layer computes with them, keyed by those names joined with "+" (vLLM fuses q, k and v
+    into one `qkv_proj`, gate and up into `gate_up_proj`). On CPU the layer keeps only a
+    kernel-packed copy, so the weight is read back as the layer's product with an identity
+    matrix (exact: one term per output). Tensor-parallel shards are skipped."""
+    packed = getattr(model, "packed_modules_mapping", {})
+    out = {}
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if weight is None or getattr(module, "tp_size", 1) != 1:
+            continue
+        parent, _, leaf = name.rpartition(".")
+        members = [f"{parent}.{part}.weight" for part in packed.get(leaf, [leaf])]
+        if not all(m in wanted for m in members):
+            continue
+        if weight.numel() > 0:
+            out["+".join(members)] = weight
+        elif hasattr(module, "cpu_linear"):
+            eye = torch.eye(module.input_size_per_partition, dtype=weight.dtype, device=weight.device)
+            out["+".join(members)] = module.cpu_linear(eye, weight, None).t()
+    return out

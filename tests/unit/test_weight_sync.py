@@ -47,3 +47,54 @@ def test_send_receive_across_processes():
     for name, t in named:
         expected = t.to(torch.bfloat16).float()
         assert torch.equal(torch.tensor(got[name]).float(), expected), name
+
+
+def test_a_fused_tensor_is_checked_against_the_sum_of_its_parts():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(6, 4), torch.randn(2, 4), torch.randn(2, 4)
+    names = ["l.q_proj.weight", "l.k_proj.weight", "l.v_proj.weight"]
+    sent = weight_sync.fingerprint(zip(names, (q, k, v)), names, "bfloat16")
+    fused = weight_sync.fingerprint([("qkv", torch.cat([q, k, v]))], ["qkv"], "bfloat16")["qkv"]
+    assert weight_sync.expected_fingerprint(sent, "+".join(names)) == fused
+    k2 = k.clone()
+    k2[0, 0] += 1.0  # one changed weight in one part changes the fused checksum
+    stale = weight_sync.fingerprint([("qkv", torch.cat([q, k2, v]))], ["qkv"], "bfloat16")["qkv"]
+    assert weight_sync.expected_fingerprint(sent, "+".join(names)) != stale
+    assert weight_sync.expected_fingerprint(sent, "l.q_proj.weight+l.o_proj.weight") is None
+
+
+def test_the_canary_covers_the_norms_the_embedding_and_the_first_attention_block():
+    spec = [
+        TensorSpec("model.embed_tokens.weight", (10, 4), "bfloat16"),
+        TensorSpec("model.layers.0.self_attn.q_proj.weight", (4, 4), "bfloat16"),
+        TensorSpec("model.layers.0.self_attn.o_proj.weight", (4, 4), "bfloat16"),
+        TensorSpec("model.layers.0.mlp.up_proj.weight", (8, 4), "bfloat16"),
+        TensorSpec("model.layers.0.input_layernorm.weight", (4,), "bfloat16"),
+        TensorSpec("model.norm.weight", (4,), "bfloat16"),
+    ]
+    assert weight_sync.fingerprint_names(spec) == [
+        "model.embed_tokens.weight",
+        "model.layers.0.input_layernorm.weight",
+        "model.norm.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.self_attn.o_proj.weight",
+    ]
+
+
+def test_a_lora_learner_sends_only_the_blocks_that_hold_adapters(tiny_model):
+    """Adapters on q and v change only the attention blocks: those travel whole (vLLM loads
+    its fused qkv only once q, k and v all arrived); MLPs, norms and the embedding stay."""
+    from rayrl.actors.learner import ActorLearner
+    from rayrl.config import LearnerConfig, TrainingConfig
+
+    learner = ActorLearner(
+        tiny_model,
+        TrainingConfig(kl_coef=0.0),
+        LearnerConfig(lora_rank=4, lora_target_modules=["q_proj", "v_proj"], autocast_dtype="float32"),
+    )
+    names = [t.name for t in learner.weight_spec()]
+    assert names == [
+        f"model.layers.{i}.self_attn.{p}_proj.weight" for i in range(2) for p in ("q", "k", "v", "o")
+    ]
+    full = dict(learner.full_weights())
+    assert set(names) < set(full)

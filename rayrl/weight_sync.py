@@ -289,7 +289,9 @@ def sync_engines(
                     f"sent: {len(wrong)} of {len(prints)} fingerprinted tensors differ ({', '.join(wrong[:3])}"
                     f"{', ...' if len(wrong) > 3 else ''}); it did not load the broadcast"
                 )
-    covered = min((sum(len(k.split("+")) for k in p) for got in received for p in got["fingerprints"]), default=0)
+    covered = min(
+        (sum(len(k.split("+")) for k in p) for got in received for p in got["fingerprints"]), default=0
+    )
     first = received[0] if received else {}
     engine = {f"engine_{k}": v for k, v in first.items() if k.endswith("_s")}
     return {**sent, **engine, "canary_tensors": covered}

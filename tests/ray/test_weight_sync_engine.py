@@ -19,10 +19,18 @@ from rayrl.config import InferenceConfig, LearnerConfig, TrainingConfig
 from rayrl.weight_sync import WeightSyncError, sync_engines
 
 
-class IgnoringExtension(WeightSyncExtension):
-    """An engine bug: takes part in the broadcast but loads nothing."""
+class SwitchableExtension(WeightSyncExtension):
+    """The real extension, plus an engine bug a test can switch on: it takes part in the
+    broadcast but loads nothing."""
+
+    _rayrl_ignoring = False
+
+    def rayrl_ignore_loads(self, on: bool) -> None:
+        self._rayrl_ignoring = on
 
     def rayrl_receive_weights(self, wire_spec, bucket_bytes):
+        if not self._rayrl_ignoring:
+            return super().rayrl_receive_weights(wire_spec, bucket_bytes)
         spec = weight_sync.from_wire(wire_spec)
         for _ in weight_sync.receive_buckets(self._rayrl_group, spec, bucket_bytes, "cpu"):
             pass
@@ -30,8 +38,11 @@ class IgnoringExtension(WeightSyncExtension):
         return {"tensors": len(spec), "fingerprint": self.rayrl_fingerprint(names)}
 
 
-class IgnoringWorker(RolloutWorker):
-    worker_extension = f"{__name__}.IgnoringExtension"
+class SwitchableWorker(RolloutWorker):
+    worker_extension = f"{__name__}.SwitchableExtension"
+
+    async def ignore_loads(self, on: bool) -> None:
+        await self.engine.collective_rpc("rayrl_ignore_loads", args=(on,))
 
 
 class StuckEngine:
@@ -41,7 +52,7 @@ class StuckEngine:
         await asyncio.sleep(3600)
 
 
-def start_pair(ray, tiny_model, lora_rank=0, worker=RolloutWorker):
+def start_pair(ray, tiny_model, lora_rank=0, worker=SwitchableWorker):
     engine = (
         ray.remote(worker)
         .options(num_cpus=1)
@@ -148,17 +159,21 @@ def one_update(ray, learner):
     assert ray.get(learner.update.remote(batch))["grad_norm"] > 0
 
 
-def test_an_engine_that_loads_nothing_is_caught_at_the_first_sync(ray_local, tiny_model):
-    engine, learner = start_pair(ray_local, tiny_model, worker=IgnoringWorker)
+def test_an_engine_that_loads_nothing_is_caught_at_the_sync(pair):
+    """With LoRA too: the canary reads the adapted attention block back through the kernel."""
+    ray, engine, learner = pair
+    one_update(ray, learner)
+    spec = ray.get(learner.weight_spec.remote())
+    version = ray.get(engine.generate.remote([1, 2, 3], 2, 1.0)).weight_version + 1
+    ray.get(engine.ignore_loads.remote(True))
     try:
-        one_update(ray_local, learner)
-        spec = ray_local.get(learner.weight_spec.remote())
         with pytest.raises(
-            WeightSyncError, match=r"engine 0 \(worker 0\) does not serve the weights of version 1"
+            WeightSyncError, match=rf"engine 0 \(worker 0\) does not serve the weights of version {version}"
         ):
-            sync_engines([learner], [engine], spec, 1, 1 << 20, 60.0)
+            sync_engines([learner], [engine], spec, version, 1 << 20, 60.0)
     finally:
-        stop_pair(ray_local, engine, learner)
+        ray.get(engine.ignore_loads.remote(False))
+    sync(ray, engine, learner, version + 1)  # a working engine passes the same check
 
 
 def test_a_hung_receiver_fails_the_sync_within_its_deadline(pair):

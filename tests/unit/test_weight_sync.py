@@ -53,7 +53,7 @@ def test_a_fused_tensor_is_checked_against_the_sum_of_its_parts():
     torch.manual_seed(0)
     q, k, v = torch.randn(6, 4), torch.randn(2, 4), torch.randn(2, 4)
     names = ["l.q_proj.weight", "l.k_proj.weight", "l.v_proj.weight"]
-    sent = weight_sync.fingerprint(zip(names, (q, k, v)), names, "bfloat16")
+    sent = weight_sync.fingerprint(zip(names, (q, k, v), strict=True), names, "bfloat16")
     fused = weight_sync.fingerprint([("qkv", torch.cat([q, k, v]))], ["qkv"], "bfloat16")["qkv"]
     assert weight_sync.expected_fingerprint(sent, "+".join(names)) == fused
     k2 = k.clone()

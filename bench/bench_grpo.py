@@ -20,6 +20,22 @@ import sys
 import time
 
 
+def peak_rss_mb(_actor=None) -> float:
+    """Peak resident memory of this process plus its live children (a vLLM engine runs its
+    core and worker in child processes), MiB: the sum of each process's own peak (VmHWM)."""
+    import psutil
+
+    me = psutil.Process()
+    total_kb = 0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                total_kb += next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:"))
+        except (OSError, StopIteration):
+            continue
+    return total_kb / 1024
+
+
 def raw_vllm(args) -> dict:
     """Offline vLLM on the same chat prompts: the engine's own ceiling."""
     import os
@@ -43,7 +59,7 @@ def raw_vllm(args) -> dict:
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         n = sum(len(o.outputs[0].token_ids) for o in outs)
         rates.append(n / (time.perf_counter() - t0))
-    return {"raw_vllm_tokens_per_s": statistics.median(rates)}
+    return {"raw_vllm_tokens_per_s": statistics.median(rates), "raw_vllm_peak_mb": peak_rss_mb()}
 
 
 def _tasks(n: int) -> list[dict]:
@@ -148,7 +164,7 @@ def trl_steps(args) -> dict:
         trainer.train()
     times = [b - a for a, b in zip([t0, *step_ends], step_ends, strict=False)]
     steady = times[1:] or times
-    return {"trl_time_step": statistics.median(steady), "trl_bf16": bf16}
+    return {"trl_time_step": statistics.median(steady), "trl_bf16": bf16, "trl_peak_mb": peak_rss_mb()}
 
 
 def rayrl_steps(args) -> dict:
@@ -189,6 +205,10 @@ def rayrl_steps(args) -> dict:
             )
             stats = ray.get(stats_ref)
             rates.append(stats["response_tokens"] / stats["seconds"])
+        peaks = {
+            role.value: sum(ray.get([a.__ray_call__.remote(peak_rss_mb) for a in group.members]))
+            for role, group in trainer.groups.items()
+        }
     finally:
         trainer.cleanup()
     steady = history[1:] or history  # the first step includes engine warm-up
@@ -214,6 +234,7 @@ def rayrl_steps(args) -> dict:
         "engine_finalize_s": statistics.median(s["engine_finalize_s"] for s in syncs),
         "sync_seconds": statistics.median(s["seconds"] for s in syncs),
         "sync_bytes": syncs[0]["bytes"],
+        "peak_mb": peaks,
     }
 
 
@@ -291,6 +312,9 @@ def main() -> None:
         ("  of which vLLM load_weights (s)", f"{r['engine_load_s']:.2f}"),
         ("  of which vLLM finalize: repack (s)", f"{r['engine_finalize_s']:.2f}"),
         ("setup: engines + models (s)", f"{r['setup_s']:.0f}"),
+        *((f"peak RSS, {role} (MiB)", f"{mb:.0f}") for role, mb in r["peak_mb"].items()),
+        ("peak RSS, raw vLLM process (MiB)", f"{r['raw_vllm_peak_mb']:.0f}"),
+        *([("peak RSS, TRL process (MiB)", f"{r['trl_peak_mb']:.0f}")] if "trl_peak_mb" in r else []),
     ]
     width = max(len(k) for k, _ in rows)
     print(f"{'metric':<{width}} | value")

@@ -52,9 +52,9 @@ class StuckEngine:
         await asyncio.sleep(3600)
 
 
-def start_pair(ray, tiny_model, lora_rank=0, worker=SwitchableWorker):
+def start_pair(ray, tiny_model, lora_rank=0):
     engine = (
-        ray.remote(worker)
+        ray.remote(SwitchableWorker)
         .options(num_cpus=1)
         .remote(tiny_model, InferenceConfig(dtype="float32", max_model_len=256, kv_cache_gb=1, max_tokens=8))
     )

@@ -7,7 +7,9 @@ against raw vLLM on the same prompts, and weight-sync GB/s. Prints a table.
 `--peer trl` needs the bench extra (`.venv/bin/pip install -e ".[bench]"`): TRL's
 GRPOTrainer runs on the same prompts, reward, shape, learning rate, KL coefficient and
 micro-batch size, and the table gives both medians and their ratio.
-Parts run in separate processes one after the other, so they never share the cores.
+Raw vLLM runs twice, in its default processes and all in one process; the rollout ratio
+is against the faster. Parts run in separate processes one after the other, so they never
+share the cores.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import time
 
 
 def peak_rss_mb(_actor=None) -> float:
-    """Peak resident memory of this process plus its live children (a vLLM engine runs its
-    core and worker in child processes), MiB: the sum of each process's own peak (VmHWM)."""
+    """Peak resident memory of this process plus its live children (a rollout actor's vLLM
+    engine core, with the model in it, is a child process), MiB: the sum of each process's
+    own peak (VmHWM)."""
     import psutil
 
     me = psutil.Process()
@@ -36,10 +39,14 @@ def peak_rss_mb(_actor=None) -> float:
     return total_kb / 1024
 
 
-def raw_vllm(args) -> dict:
-    """Offline vLLM on the same chat prompts: the engine's own ceiling."""
+def raw_vllm(args, in_process: bool = False) -> dict:
+    """Offline vLLM on the same chat prompts: the engine's own ceiling. By default vLLM's
+    own layout (engine core and model worker in two child processes); `in_process`: both
+    in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0, no inter-process hop at all)."""
     import os
 
+    if in_process:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     from vllm import LLM, SamplingParams
@@ -59,7 +66,8 @@ def raw_vllm(args) -> dict:
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         n = sum(len(o.outputs[0].token_ids) for o in outs)
         rates.append(n / (time.perf_counter() - t0))
-    return {"raw_vllm_tokens_per_s": statistics.median(rates), "raw_vllm_peak_mb": peak_rss_mb()}
+    key = "raw_inproc" if in_process else "raw_vllm"
+    return {f"{key}_tokens_per_s": statistics.median(rates), f"{key}_peak_mb": peak_rss_mb()}
 
 
 def _tasks(n: int) -> list[dict]:
@@ -248,10 +256,16 @@ def main() -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a rayrl config override (repeatable)"
     )
     parser.add_argument("--peer", choices=["trl"], help="also run this peer's GRPO trainer, same run")
-    parser.add_argument("--part", choices=["raw", "rayrl", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--part", choices=["raw", "raw-inproc", "rayrl", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:
-        result = {"raw": raw_vllm, "rayrl": rayrl_steps, "trl": trl_steps}[args.part](args)
+        parts = {
+            "raw": raw_vllm,
+            "raw-inproc": lambda a: raw_vllm(a, True),
+            "rayrl": rayrl_steps,
+            "trl": trl_steps,
+        }
+        result = parts[args.part](args)
         print("RESULT " + json.dumps(result))
         return
     if args.peer == "trl":
@@ -260,7 +274,7 @@ def main() -> None:
         except ImportError:
             raise SystemExit('--peer trl needs TRL: .venv/bin/pip install -e ".[bench]"') from None
     results = {}
-    for part in ("raw", "rayrl", *([args.peer] if args.peer else [])):
+    for part in ("raw", "raw-inproc", "rayrl", *([args.peer] if args.peer else [])):
         cmd = [
             sys.executable,
             __file__,
@@ -283,6 +297,7 @@ def main() -> None:
             raise SystemExit(f"bench part {part!r} failed")
         results.update(json.loads(line[len("RESULT ") :]))
     r = results
+    raw_best = max(r["raw_vllm_tokens_per_s"], r["raw_inproc_tokens_per_s"])
     shape = f"{args.prompts} prompts x {args.samples} samples x {args.max_tokens} new tokens, 1 turn"
     rows = [
         ("shape", shape),
@@ -300,8 +315,9 @@ def main() -> None:
             else []
         ),
         ("rollout tokens/s, rayrl (same prompts)", f"{r['same_prompts_tokens_per_s']:.0f}"),
-        ("rollout tokens/s, raw vLLM", f"{r['raw_vllm_tokens_per_s']:.0f}"),
-        ("rayrl / raw vLLM", f"{r['same_prompts_tokens_per_s'] / r['raw_vllm_tokens_per_s']:.2f}"),
+        ("rollout tokens/s, raw vLLM (its default processes)", f"{r['raw_vllm_tokens_per_s']:.0f}"),
+        ("rollout tokens/s, raw vLLM (all in one process)", f"{r['raw_inproc_tokens_per_s']:.0f}"),
+        ("rayrl / raw vLLM (the faster)", f"{r['same_prompts_tokens_per_s'] / raw_best:.2f}"),
         ("rollout tokens/s in GRPO steps (median)", f"{r['tokens_per_s']:.0f}"),
         ("engine vs learner log-prob, mean abs gap", f"{r['logprob_gap']:.4f}"),
         (
@@ -313,7 +329,8 @@ def main() -> None:
         ("  of which vLLM finalize: repack (s)", f"{r['engine_finalize_s']:.2f}"),
         ("setup: engines + models (s)", f"{r['setup_s']:.0f}"),
         *((f"peak RSS, {role} (MiB)", f"{mb:.0f}") for role, mb in r["peak_mb"].items()),
-        ("peak RSS, raw vLLM process (MiB)", f"{r['raw_vllm_peak_mb']:.0f}"),
+        ("peak RSS, raw vLLM, default processes (MiB)", f"{r['raw_vllm_peak_mb']:.0f}"),
+        ("peak RSS, raw vLLM, one process (MiB)", f"{r['raw_inproc_peak_mb']:.0f}"),
         *([("peak RSS, TRL process (MiB)", f"{r['trl_peak_mb']:.0f}")] if "trl_peak_mb" in r else []),
     ]
     width = max(len(k) for k, _ in rows)

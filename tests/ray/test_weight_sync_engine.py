@@ -28,6 +28,13 @@ class SwitchableExtension(WeightSyncExtension):
     def rayrl_ignore_loads(self, on: bool) -> None:
         self._rayrl_ignoring = on
 
+    def rayrl_process(self) -> dict:
+        import os
+
+        import torch
+
+        return {"pid": os.getpid(), "ppid": os.getppid(), "threads": torch.get_num_threads()}
+
     def rayrl_receive_weights(self, wire_spec, bucket_bytes):
         if not self._rayrl_ignoring:
             return super().rayrl_receive_weights(wire_spec, bucket_bytes)
@@ -43,6 +50,13 @@ class SwitchableWorker(RolloutWorker):
 
     async def ignore_loads(self, on: bool) -> None:
         await self.engine.collective_rpc("rayrl_ignore_loads", args=(on,))
+
+    async def model_process(self) -> dict:
+        """Where the model runs, as its worker sees it, beside this actor's pid."""
+        import os
+
+        (facts,) = await self.engine.collective_rpc("rayrl_process")
+        return {**facts, "actor_pid": os.getpid()}
 
 
 class StuckEngine:
@@ -106,6 +120,18 @@ def sync(ray, engine, learner, version, timeout_s=60.0):
     lora = counts["trainable"] < counts["total"]
     assert synced["canary_tensors"] == 4 + (0 if lora else 1 + 2 * 2 + 1)
     return synced
+
+
+def test_the_model_runs_in_the_engine_core_on_every_core(pair):
+    """The worker sits in the engine-core process the actor spawned (no third process),
+    and that process computes on all cores although Ray gave the actor one
+    (OMP_NUM_THREADS=1 in the actor)."""
+    import os
+
+    ray, engine, _ = pair
+    facts = ray.get(engine.model_process.remote())
+    assert facts["ppid"] == facts["actor_pid"] != facts["pid"]
+    assert facts["threads"] == os.cpu_count()
 
 
 def test_engine_matches_learner_after_an_update(pair):

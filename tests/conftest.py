@@ -34,9 +34,9 @@ def ray_local():
 
     from rayrl.trainer import ACTOR_ENV
 
-    # The test process gets the actors' settings too, except where its own vLLM engines
-    # (seed 002's agents) run: in this process, as in a user's script after `ray.init`.
-    os.environ.update({k: v for k, v in ACTOR_ENV.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"})
+    # The test process gets the actors' settings too (its own vLLM engines, seed 002's
+    # agents, keep their engine core in this process, as they do without the setting).
+    os.environ.update(ACTOR_ENV)
     ray.init(num_cpus=8, include_dashboard=False, runtime_env={"env_vars": ACTOR_ENV})
     yield ray
     ray.shutdown()

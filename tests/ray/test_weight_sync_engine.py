@@ -5,6 +5,7 @@ tightly: after a sync they must agree, and differ from the pre-update ones.
 """
 
 import asyncio
+import os
 import time
 
 import numpy as np
@@ -29,8 +30,6 @@ class SwitchableExtension(WeightSyncExtension):
         self._rayrl_ignoring = on
 
     def rayrl_process(self) -> dict:
-        import os
-
         import torch
 
         return {"pid": os.getpid(), "ppid": os.getppid(), "threads": torch.get_num_threads()}
@@ -53,8 +52,6 @@ class SwitchableWorker(RolloutWorker):
 
     async def model_process(self) -> dict:
         """Where the model runs, as its worker sees it, beside this actor's pid."""
-        import os
-
         (facts,) = await self.engine.collective_rpc("rayrl_process")
         return {**facts, "actor_pid": os.getpid()}
 
@@ -126,8 +123,6 @@ def test_the_model_runs_in_the_engine_core_on_every_core(pair):
     """The worker sits in the engine-core process the actor spawned (no third process),
     and that process computes on all cores although Ray gave the actor one
     (OMP_NUM_THREADS=1 in the actor)."""
-    import os
-
     ray, engine, _ = pair
     facts = ray.get(engine.model_process.remote())
     assert facts["ppid"] == facts["actor_pid"] != facts["pid"]

@@ -1,7 +1,7 @@
 """The learner's PPO update and the reference's scoring pass as plain objects (no Ray,
 vLLM or DeepSpeed) on this machine's device, packed and padded. Prints a table.
 
-    .venv/bin/python bench/bench_learner_device.py [--updates 3] [--device cuda]
+    .venv/bin/python bench/bench_learner_device.py [--updates 3] [--device cuda] [--attention sdpa eager]
 
 The batch has the GRPO bench's shape (8 prompts x 4 samples, 28-token prompts, 24-48
 new tokens). The model is SmolLM2-135M-Instruct when its package is installed, else a
@@ -12,6 +12,7 @@ on a bare GPU machine with torch, transformers, numpy, pyarrow and pydantic.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import time
@@ -85,6 +86,13 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    parser.add_argument(
+        "--attention",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "sdpa", "eager"],
+        help="attention kernels to compare (each packed and padded)",
+    )
     args = parser.parse_args()
 
     import numpy as np
@@ -103,10 +111,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         path, model_name = model_path(folder)
         training = TrainingConfig(batch_size=n, group_size=args.samples, kl_coef=0.0, learning_rate=1e-7)
-        for packing in (False, True):
-            update = ActorLearner(path, training, LearnerConfig(packing=packing)).update
+        for attention, packing in itertools.product(args.attention, (False, True)):
+            learner = LearnerConfig(packing=packing, attention=attention)
+            update = ActorLearner(path, training, learner).update
             times = timed(update, table, args.updates + 1, device)
-            score = ReferenceWorker(path, ReferenceConfig(packing=packing)).compute_logprobs
+            reference = ReferenceConfig(packing=packing, attention=attention)
+            score = ReferenceWorker(path, reference).compute_logprobs
             ref_times = timed(score, table, args.updates + 1, device)
             del update, score
             seqs = modeling.SequenceBatch(table)
@@ -117,6 +127,7 @@ def main() -> None:
             rows.append(
                 (
                     "packed" if packing else "padded",
+                    modeling.attention_kernel(attention, device, trainable=True),
                     tokens,
                     statistics.median(times[1:]),
                     statistics.median(ref_times[1:]),
@@ -124,10 +135,11 @@ def main() -> None:
             )
     print(f"\n{device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), {model_name}")
     print(f"{n} sequences, median of {args.updates} after a warm-up\n")
-    print(f"{'passes':<8}{'tokens':>8}{'update (s)':>12}{'reference (s)':>15}")
-    for name, tokens, update, ref in rows:
-        print(f"{name:<8}{tokens:>8}{update:>12.2f}{ref:>15.2f}")
-    print(f"packed / padded update time: {rows[1][2] / rows[0][2]:.2f}")
+    print(f"{'passes':<8}{'attention':>10}{'tokens':>8}{'update (s)':>12}{'reference (s)':>15}")
+    for name, kernel, tokens, update, ref in rows:
+        print(f"{name:<8}{kernel:>10}{tokens:>8}{update:>12.2f}{ref:>15.2f}")
+    for k in range(0, len(rows), 2):
+        print(f"{rows[k][1]}: packed / padded update time {rows[k + 1][3] / rows[k][3]:.2f}")
 
 
 if __name__ == "__main__":

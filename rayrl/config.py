@@ -251,6 +251,12 @@ class _ModelRoleConfig(_Section):
     tokens than padding (bench/bench_learner_device.py: 1596 against 2320 tokens, update
     0.64x); needs sdpa or eager attention. False: right-padded rows of similar length."""
 
+    attention: Literal["auto", "sdpa", "eager"] = "auto"
+    """Attention kernel of the role's passes. "auto": eager for the learner and the critic
+    on CPU, where torch's fused kernel has the slower backward on a rollout batch's short
+    sequences (an update 0.87x the time; bench/bench_learner_device.py --attention sdpa
+    eager), else sdpa (the reference's forward-only pass, GPUs)."""
+
     release_memory: bool = True
     """After each pass, return freed heap to the system (CPU), so an idle role holds its
     weights and optimizer state, not its activation peak, while the others take their

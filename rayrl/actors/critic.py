@@ -30,10 +30,14 @@ from rayrl.config import CriticConfig, TrainingConfig
 class ValueModel(torch.nn.Module):
     """Decoder of a causal LM with a linear value head on its last hidden state."""
 
-    def __init__(self, model_path: str, gradient_checkpointing: bool = False):
+    def __init__(self, model_path: str, gradient_checkpointing: bool = False, attention: str = "sdpa"):
         super().__init__()
         lm = modeling.load_causal_lm(
-            model_path, torch.device("cpu"), trainable=True, gradient_checkpointing=gradient_checkpointing
+            model_path,
+            torch.device("cpu"),
+            trainable=True,
+            gradient_checkpointing=gradient_checkpointing,
+            attention=attention,
         )
         self.backbone = lm.get_decoder()
         hidden = lm.config.hidden_size
@@ -82,7 +86,11 @@ class Critic:
         modeling.set_threads(config.num_threads)
         torch.manual_seed(training.seed)  # every rank starts from the same value head
         self.device = modeling.pick_device()
-        self.model = ValueModel(model_path, config.gradient_checkpointing).to(self.device)
+        self.model = ValueModel(
+            model_path,
+            config.gradient_checkpointing,
+            modeling.attention_kernel(config.attention, self.device, trainable=True),
+        ).to(self.device)
         self.strategy = None
         if config.strategy == "torch" and world_size == 1:
             self.strategy = self._make_strategy()

@@ -86,7 +86,11 @@ class ActorLearner:
         torch.manual_seed(training.seed)
         self.device = modeling.pick_device()
         self.model = modeling.load_causal_lm(
-            model_path, self.device, trainable=True, gradient_checkpointing=config.gradient_checkpointing
+            model_path,
+            self.device,
+            trainable=True,
+            gradient_checkpointing=config.gradient_checkpointing,
+            attention=config.attention,
         )
         # taken now: names of the full model (before LoRA wraps it), and shapes that
         # ZeRO-3 hides once it partitions the parameters in join_group

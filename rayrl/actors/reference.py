@@ -28,7 +28,9 @@ class ReferenceWorker:
         self.rank, self.world_size = rank, world_size
         modeling.set_threads(config.num_threads)
         self.device = modeling.pick_device()
-        self.model = modeling.load_causal_lm(model_path, self.device, trainable=False)
+        self.model = modeling.load_causal_lm(
+            model_path, self.device, trainable=False, attention=config.attention
+        )
         self.forward = modeling.TokenLogprobs(self.model)
 
     def compute_logprobs(self, batch: pa.Table) -> np.ndarray:

@@ -142,3 +142,31 @@ def test_packed_passes_equal_padded_ones_in_values_and_gradients(tiny_model, att
         v0 = critic(**batch.forward_inputs(rows, torch.device("cpu"), False))
         v1 = critic(**batch.forward_inputs(rows, torch.device("cpu"), True))
     assert v1.tolist() == pytest.approx(v0.tolist(), abs=1e-5)
+
+
+def test_roles_pick_their_attention_kernel_and_both_give_the_same_log_probs(tiny_model):
+    from rayrl.actors.critic import Critic
+    from rayrl.actors.learner import ActorLearner
+    from rayrl.actors.reference import ReferenceWorker
+    from rayrl.config import CriticConfig, LearnerConfig, ReferenceConfig, TrainingConfig
+
+    def kernel(model) -> str:
+        return model.config._attn_implementation
+
+    training = TrainingConfig(batch_size=4, group_size=2)
+    # "auto" on CPU: eager where there is a backward pass, the fused kernel for the forward-only reference
+    assert kernel(ActorLearner(tiny_model, training, LearnerConfig()).model) == "eager"
+    assert kernel(Critic(tiny_model, training, CriticConfig()).model.backbone) == "eager"
+    assert kernel(ReferenceWorker(tiny_model, ReferenceConfig()).model) == "sdpa"
+    assert kernel(ActorLearner(tiny_model, training, LearnerConfig(attention="sdpa")).model) == "sdpa"
+    assert kernel(ReferenceWorker(tiny_model, ReferenceConfig(attention="eager")).model) == "eager"
+    assert modeling.attention_kernel("auto", torch.device("cuda"), trainable=True) == "sdpa"
+
+    batch = _grouped_table()
+    by_kernel = {
+        attention: ReferenceWorker(tiny_model, ReferenceConfig(attention=attention, autocast_dtype="float32"))
+        .compute_logprobs(batch)
+        .tolist()
+        for attention in ("sdpa", "eager")
+    }
+    assert by_kernel["eager"] == pytest.approx(by_kernel["sdpa"], abs=1e-5)

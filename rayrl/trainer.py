@@ -408,10 +408,11 @@ class RayPPOTrainer:
         self._warn_once(stats["warnings"])
 
         # 2. reference log-probs and critic values (each rank a block of rows), read from
-        #    the object store
+        #    the object store; while the learner still is the reference, it is its own
         log("reference log-probs and values")
         t = time.perf_counter()
-        ref_parts = [r.compute_logprobs.remote(batch_ref) for r in self.references]
+        own_reference = self.learner_is_reference()
+        ref_parts = [] if own_reference else [r.compute_logprobs.remote(batch_ref) for r in self.references]
         if ref_parts and not self.overlap_roles:
             ray.wait(ref_parts, num_returns=len(ref_parts), fetch_local=False)
         value_parts = [c.compute_values.remote(batch_ref) for c in self.critics]
@@ -435,7 +436,8 @@ class RayPPOTrainer:
         critic_refs = [c.update.remote(train_ref) for c in self.critics]
         if critic_refs and not self.overlap_roles:
             ray.wait(critic_refs, num_returns=len(critic_refs), fetch_local=False)
-        update = ray.get([r.update.remote(train_ref, self.kl_ctl.value) for r in self.learners])[0]
+        kl_coef = self.kl_ctl.value
+        update = ray.get([r.update.remote(train_ref, kl_coef, own_reference) for r in self.learners])[0]
         if critic_refs:
             update.update(ray.get(critic_refs)[0])
         self.version += 1
@@ -457,6 +459,15 @@ class RayPPOTrainer:
         self._record(row)
         log("metrics %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
         return row
+
+    def learner_is_reference(self) -> bool:
+        """Whether the learner holds the reference's weights all through its next update:
+        it has not been updated yet and takes one optimizer step per update, with the KL a
+        loss term. Its own log-probs (detached) are then the reference's, and the
+        reference's pass over the batch is skipped (the first step of a run)."""
+        t = self.config.training
+        one_step = t.ppo_epochs == 1 and t.num_mini_batches == 1
+        return bool(self.references) and self.version == 0 and t.kl_mode == "loss" and one_step
 
     def _phase_logger(self, step: int) -> Callable[..., None]:
         total = getattr(self, "total_steps", None) or self.config.training.num_epochs

@@ -144,13 +144,17 @@ class ActorLearner:
             lp, old, advantages, cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c
         )
 
-    def update(self, batch: pa.Table, kl_coef: float | None = None) -> dict:
+    def update(self, batch: pa.Table, kl_coef: float | None = None, own_reference: bool = False) -> dict:
         """One PPO update on a scored batch (see `rayrl.actors.scoring`).
 
         Args:
             batch: table with `input_ids`, `loss_mask`, `rollout_logprobs`, `advantages`,
                 and `ref_logprobs` when the KL is a loss term.
             kl_coef: current KL coefficient (adaptive control); default `training.kl_coef`.
+            own_reference: the policy still is the reference (not updated yet, one
+                optimizer step in this update): the KL loss term takes the learner's own
+                log-probs, detached, as the reference's (value 0, and the estimator's
+                gradient there), and the batch needs no `ref_logprobs`.
 
         Returns:
             metrics (seed names): total_loss, policy_loss, kl, clip_frac, entropy, grad_norm, and the mean
@@ -163,8 +167,9 @@ class ActorLearner:
         if len(seqs) == 0:  # every group filtered out: nothing to learn from this batch
             return {**zero, "is_weight_max": 0.0, "grad_norm": 0.0, "train_tokens": 0, "sequences": 0}
         adv_tok = torch.from_numpy(modeling.trainable_values(batch, "advantages"))
-        use_kl_loss = cfg.kl_mode == "loss" and "ref_logprobs" in batch.column_names
-        ref = torch.from_numpy(modeling.trainable_values(batch, "ref_logprobs")) if use_kl_loss else None
+        has_ref = "ref_logprobs" in batch.column_names and not own_reference
+        ref = torch.from_numpy(modeling.trainable_values(batch, "ref_logprobs")) if has_ref else None
+        use_kl_loss = cfg.kl_mode == "loss" and (has_ref or own_reference)
         rollout_lp = torch.from_numpy(modeling.trainable_values(batch, "rollout_logprobs"))
         on_policy = cfg.ppo_epochs == 1 and cfg.num_mini_batches == 1
         old_lp = None
@@ -204,8 +209,9 @@ class ActorLearner:
                 )
                 token_loss = pg * is_weight
                 kl = None
-                if ref is not None:
-                    kl = kl_penalty(lp, ref[idx].to(self.device), cfg.kl_estimator)
+                if use_kl_loss:
+                    ref_mb = lp.detach() if own_reference else ref[idx].to(self.device)
+                    kl = kl_penalty(lp, ref_mb, cfg.kl_estimator)
                     token_loss = token_loss + kl_coef * kl
                 if cfg.entropy_coef > 0:
                     token_loss = token_loss - cfg.entropy_coef * entropy

@@ -32,10 +32,12 @@ class ReferenceWorker:
             model_path, self.device, trainable=False, attention=config.attention
         )
         self.forward = modeling.TokenLogprobs(self.model)
+        self.batches_scored = 0
 
     def compute_logprobs(self, batch: pa.Table) -> np.ndarray:
         """Flat float32 reference log-probs of the trainable tokens of this rank's block
         of rows, in table order."""
+        self.batches_scored += 1
         seqs = modeling.SequenceBatch(batch)
         logprobs = modeling.batch_logprobs(
             self.forward,
@@ -48,3 +50,8 @@ class ReferenceWorker:
         )
         modeling.release_memory(self.device, self.config.release_memory)
         return logprobs
+
+    def scored(self) -> int:
+        """Batches this rank has scored (a run's first step needs none: the learner still
+        is the reference then)."""
+        return self.batches_scored

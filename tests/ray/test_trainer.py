@@ -4,6 +4,7 @@ import json
 import time
 
 import pytest
+import ray
 import yaml
 
 from rayrl.rewards import ConcisenessReward
@@ -46,14 +47,15 @@ def finished_run(ray_local, tiny_model, tmp_path_factory):
     trainer = RayPPOTrainer(config)
     try:
         history = trainer.fit()
+        scored = ray.get(trainer.references[0].scored.remote())
         evaluation = trainer.evaluate(4)
     finally:
         trainer.cleanup()
-    return trainer, history, evaluation
+    return trainer, history, evaluation, scored
 
 
 def test_metrics_history_and_run_files(finished_run):
-    trainer, history, _ = finished_run
+    trainer, history, _, scored = finished_run
     assert [row["step"] for row in history] == [1, 2]
     path = trainer.run.path
     rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
@@ -74,7 +76,10 @@ def test_metrics_history_and_run_files(finished_run):
         assert key in rows[0], key
     assert rows[0]["episodes"] == 8
     assert rows[-1]["weight_version"] == 2
-    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-3)  # policy == reference before the first update
+    # policy == reference before the first update: the learner was its own reference then,
+    # and the reference scored the second step's batch only
+    assert rows[0]["kl"] == 0.0 and rows[1]["kl"] > 0.0
+    assert scored == 1
     # the learner's packed passes (a group's samples share their prompt) score the sampled
     # tokens as the engine did (0.0013 measured; a misplaced prompt or row costs nats)
     assert rows[0]["logprob_gap"] < 0.01
@@ -98,7 +103,7 @@ def test_wandb_and_mlflow_get_the_same_rows(finished_run):
 
     from tests.unit.test_trackers import wandb_history
 
-    trainer, history, _ = finished_run
+    trainer, history, _, _ = finished_run
     path = trainer.run.path
     logged = wandb_history(path)  # offline W&B run in <run>/wandb, finished at the end of fit
     assert [(h["_step"], h["train/reward_mean"], h["train/kl"]) for h in logged] == [
@@ -135,7 +140,7 @@ def scrape(ray, name: str, run: str, expected: float, timeout_s: float = 60.0) -
 
 def test_step_metrics_reach_the_nodes_prometheus_endpoint(finished_run, ray_local):
     """What the run logged is what Ray exports (gauges rayrl_<key>, tagged with the run)."""
-    _, history, _ = finished_run
+    _, history, _, _ = finished_run
     last = history[-1]
     for key in ("reward_mean", "weight_version", "time_update", "tokens_per_s", "engine_restarts"):
         assert scrape(ray_local, f"ray_rayrl_{key}", "tiny", last[key]) == pytest.approx(
@@ -146,7 +151,7 @@ def test_step_metrics_reach_the_nodes_prometheus_endpoint(finished_run, ray_loca
 def test_final_policy_is_a_loadable_hf_folder(finished_run):
     from transformers import AutoModelForCausalLM
 
-    trainer, _, _ = finished_run
+    trainer, _, _, _ = finished_run
     final = trainer.run.path / "final"
     assert (final / "config.json").is_file() and (final / "tokenizer.json").is_file()
     model = AutoModelForCausalLM.from_pretrained(final)
@@ -154,13 +159,13 @@ def test_final_policy_is_a_loadable_hf_folder(finished_run):
 
 
 def test_evaluation_runs_held_out_episodes(finished_run):
-    _, _, evaluation = finished_run
+    _, _, evaluation, _ = finished_run
     assert evaluation["episodes"] == 4
     assert 0.0 <= evaluation["reward_mean"] <= 1.0
 
 
 def test_cleanup_left_ray_running_for_the_caller(finished_run, ray_local):
-    trainer, _, _ = finished_run
+    trainer, _, _, _ = finished_run
     assert ray_local.is_initialized()
     assert trainer.engines == [] and trainer.learner is None
 
@@ -352,7 +357,7 @@ def test_eval_of_a_runs_policy_on_held_out_tasks(finished_run, capsys):
     same for a second model: the statistics are unit-tested in test_evaluation.py.)"""
     from rayrl.cli import main
 
-    trainer, _, _ = finished_run
+    trainer, _, _, _ = finished_run
     run_dir = trainer.run.path
     assert main(["eval", str(run_dir), "--episodes", "4", "--samples", "2"]) == 0
     out = capsys.readouterr().out

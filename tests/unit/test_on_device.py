@@ -204,3 +204,44 @@ def test_one_learner_update_on_the_device_matches_float64(small_llama, device, p
     norm = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters() if p.grad is not None))
     assert metrics["total_loss"] == pytest.approx(float(loss.detach()), abs=1e-4)
     assert metrics["grad_norm"] == pytest.approx(float(norm), rel=2e-2)
+
+
+def test_a_learner_that_still_is_the_reference_gives_the_update_a_reference_pass_would(
+    small_llama, device, monkeypatch
+):
+    """The first step of a run skips the reference's pass (`RayPPOTrainer.learner_is_reference`):
+    the learner takes its own log-probs as the reference's. With the k1 estimator, whose
+    gradient at policy == reference is not zero, the update must equal one with the
+    reference's log-probs in the batch, and differ from one without the KL term."""
+    from rayrl.actors.learner import ActorLearner
+    from rayrl.actors.reference import ReferenceWorker
+    from rayrl.config import LearnerConfig, ReferenceConfig, TrainingConfig
+
+    monkeypatch.setattr(modeling, "pick_device", lambda: device)
+    table = rollout_table()
+    training = TrainingConfig(
+        batch_size=6,
+        group_size=3,
+        kl_coef=0.5,
+        kl_estimator="k1",
+        learning_rate=1e-3,
+        rollout_correction="none",
+    )
+    reference = ReferenceWorker(small_llama, ReferenceConfig(autocast_dtype="float32", micro_batch_size=4))
+    scored = modeling.with_token_columns(table, {"ref_logprobs": reference.compute_logprobs(table)})
+    runs = {}
+    for name, batch, own in (
+        ("reference pass", scored, False),
+        ("own", table, True),
+        ("no KL", table, False),
+    ):
+        learner = ActorLearner(
+            small_llama, training, LearnerConfig(micro_batch_size=4, autocast_dtype="float32")
+        )
+        metrics = learner.update(batch, own_reference=own)
+        runs[name] = (metrics, learner.flat_parameters())
+    (passed, passed_w), (own, own_w), (none, _) = runs["reference pass"], runs["own"], runs["no KL"]
+    assert own["kl"] == 0.0 and passed["kl"] == pytest.approx(0.0, abs=1e-5)
+    assert own["grad_norm"] == pytest.approx(passed["grad_norm"], rel=1e-4)
+    np.testing.assert_allclose(own_w, passed_w, rtol=0, atol=1e-6)
+    assert own["grad_norm"] != pytest.approx(none["grad_norm"], rel=1e-3)  # the KL term is in the update

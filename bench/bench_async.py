@@ -6,6 +6,7 @@ reward of the last steps.
     .venv/bin/python bench/bench_async.py [--steps 20] [--ks 0 1 2] [--target 0.9] [--keep DIR]
     .venv/bin/python bench/bench_async.py --steps 60 --to-target     # time to 0.9, each run stopping there
     .venv/bin/python bench/bench_async.py --keep DIR --reuse ...     # k0 already run in DIR/k0 (the default job)
+    .venv/bin/python bench/bench_async.py --ks 0 --to-target --set training.learning_rate=3e-5
 
 Each run is `rayrl train jobs/math_feedback.yaml` with `training.max_staleness=k` (and
 `training.rollout_correction=truncate` for k > 0) in a process of its own. What to read
@@ -27,7 +28,9 @@ import tempfile
 from pathlib import Path
 
 
-def run(k: int, steps: int, run_dir: str, stop_at: float | None = None) -> list[dict]:
+def run(
+    k: int, steps: int, run_dir: str, stop_at: float | None = None, extra: list[str] | None = None
+) -> list[dict]:
     overrides = [
         f"training.num_epochs={steps}",
         *([f"training.stop_at_reward={stop_at}"] if stop_at is not None else []),
@@ -38,6 +41,7 @@ def run(k: int, steps: int, run_dir: str, stop_at: float | None = None) -> list[
         f"checkpoint.run_name=k{k}",
         "checkpoint.save_final=false",
         "ray.include_dashboard=false",
+        *(extra or []),
     ]
     subprocess.run(
         [sys.executable, "-m", "rayrl.cli", "train", "jobs/math_feedback.yaml", *overrides],
@@ -92,6 +96,13 @@ def main() -> None:
         help="read a run already in --keep (<keep>/k<k>/metrics.jsonl) instead of running it again, "
         "e.g. k0 as the default job run to its 40 steps",
     )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more overrides for every run, e.g. training.learning_rate=3e-5",
+    )
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -101,7 +112,7 @@ def main() -> None:
             if args.reuse and kept.is_file():
                 rows = [json.loads(line) for line in kept.read_text().splitlines()]
             else:
-                rows = run(k, args.steps, run_dir, args.target if args.to_target else None)
+                rows = run(k, args.steps, run_dir, args.target if args.to_target else None, args.set)
             results.append(summarize(k, rows, args.target))
             print(f"k={k} reward per step: " + " ".join(f"{r['reward_mean']:.2f}" for r in rows), flush=True)
     keys = list(results[0])

@@ -167,9 +167,10 @@ class ActorLearner:
         if len(seqs) == 0:  # every group filtered out: nothing to learn from this batch
             return {**zero, "is_weight_max": 0.0, "grad_norm": 0.0, "train_tokens": 0, "sequences": 0}
         adv_tok = torch.from_numpy(modeling.trainable_values(batch, "advantages"))
-        has_ref = "ref_logprobs" in batch.column_names and not own_reference
-        ref = torch.from_numpy(modeling.trainable_values(batch, "ref_logprobs")) if has_ref else None
-        use_kl_loss = cfg.kl_mode == "loss" and (has_ref or own_reference)
+        use_kl_loss = cfg.kl_mode == "loss" and (own_reference or "ref_logprobs" in batch.column_names)
+        ref = None  # the learner's own log-probs when own_reference
+        if use_kl_loss and not own_reference:
+            ref = torch.from_numpy(modeling.trainable_values(batch, "ref_logprobs"))
         rollout_lp = torch.from_numpy(modeling.trainable_values(batch, "rollout_logprobs"))
         on_policy = cfg.ppo_epochs == 1 and cfg.num_mini_batches == 1
         old_lp = None
@@ -210,7 +211,7 @@ class ActorLearner:
                 token_loss = pg * is_weight
                 kl = None
                 if use_kl_loss:
-                    ref_mb = lp.detach() if own_reference else ref[idx].to(self.device)
+                    ref_mb = lp.detach() if ref is None else ref[idx].to(self.device)
                     kl = kl_penalty(lp, ref_mb, cfg.kl_estimator)
                     token_loss = token_loss + kl_coef * kl
                 if cfg.entropy_coef > 0:

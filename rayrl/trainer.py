@@ -59,9 +59,9 @@ logger = logging.getLogger(__name__)
 # them all while it generates.
 ACTOR_ENV = {
     "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-    # AsyncLLM always runs its engine core in a process of its own; "0" runs the model
-    # worker inside that process instead of in a third one (vLLM's "uni" executor): one
-    # process and one vLLM import (~10 s of a 2-core engine start) fewer per engine.
+    # vLLM's engine core and model worker in the process that builds the engine (the
+    # rollout actor, seed 002's agents) instead of spawned ones: each spawned process
+    # imports vLLM again (~13 s of CPU on a 2-core machine).
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "VLLM_LOGGING_LEVEL": "WARNING",
     "TOKENIZERS_PARALLELISM": "false",

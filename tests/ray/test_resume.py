@@ -48,27 +48,9 @@ def exit_later(actor, delay_s: float) -> int:
     return os.getpid()
 
 
-def kill_engine_core_later(actor, delay_s: float) -> int:
-    """Run inside a rollout actor: SIGKILL its vLLM engine-core process after `delay_s`
-    seconds (the actor lives on, its engine can no longer generate). Returns that pid."""
-    import os
-    import signal
-    import threading
-
-    import psutil
-
-    (core,) = [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if "EngineCore" in " ".join(p.cmdline()) or "EngineCore" in p.name()
-    ]
-    threading.Timer(delay_s, os.kill, args=(core.pid, signal.SIGKILL)).start()
-    return core.pid
-
-
 class KillDuringSteps:
     """A callback that, once each, kills an actor of a role early in a chosen step: with
-    os._exit inside the actor's process (or, for an engine, by killing its vLLM core)."""
+    os._exit inside the actor's process (the engine's vLLM core runs in that process too)."""
 
     def __init__(self, plan: dict[int, tuple[str, float]]):
         self.plan = plan  # step during which to kill -> (role, seconds into the step)
@@ -86,16 +68,14 @@ class KillDuringSteps:
         if step not in self.plan or any(d[0] == step for d in self.done):
             return
         role, delay = self.plan[step]
-        if role == "engine_core":
-            pid = ray.get(trainer.engines[0].__ray_call__.remote(kill_engine_core_later, delay))
-        else:
-            actor = {
-                "reference": trainer.references,
-                "agent_loop": [trainer.runner],
-                "critic": trainer.critics,
-                "learner": trainer.learners,
-            }
-            pid = ray.get(actor[role][0].__ray_call__.remote(exit_later, delay))
+        actor = {
+            "reference": trainer.references,
+            "engine": trainer.engines,
+            "agent_loop": [trainer.runner],
+            "critic": trainer.critics,
+            "learner": trainer.learners,
+        }
+        pid = ray.get(actor[role][0].__ray_call__.remote(exit_later, delay))
         self.done.append((step, role, pid))
 
 
@@ -128,14 +108,14 @@ def train(config, callbacks=None):
 
 @pytest.fixture(scope="module")
 def runs(ray_local, tiny_model, tmp_path_factory):
-    """An uninterrupted 5-step run, and the same run in two parts: 4 steps during which the
-    reference, an engine's vLLM core, the critic and the learner die in turn, then a new
-    trainer that resumes it from its checkpoint (`checkpoint.resume=auto`) for step 5,
-    during which the agent loop dies."""
+    """An uninterrupted 5-step run, and the same run in two parts: 4 steps during which an
+    engine, the reference (step 1 has no reference pass), the critic and the learner die
+    in turn, then a new trainer that resumes it from its checkpoint
+    (`checkpoint.resume=auto`) for step 5, during which the agent loop dies."""
     run_dir = tmp_path_factory.mktemp("resume")
     _, whole = train(run_config(tiny_model, run_dir, "whole", 5, save_final=False))
     kills = KillDuringSteps(
-        {1: ("reference", 0.5), 2: ("engine_core", 0.5), 3: ("critic", 0.5), 4: ("learner", 0.5)}
+        {1: ("engine", 0.5), 2: ("reference", 0.5), 3: ("critic", 0.5), 4: ("learner", 0.5)}
     )
     survived, _ = train(
         run_config(tiny_model, run_dir, "survived", 4, save_interval=1, keep_last=1, save_final=False),
@@ -150,26 +130,26 @@ def runs(ray_local, tiny_model, tmp_path_factory):
 
 
 def test_a_run_survives_each_role_dying_mid_step_and_stays_exact(runs):
-    """Every role killed for real during a step (os._exit in its process; the engine's vLLM
-    core SIGKILLed), and the run stopped and resumed by a new trainer: every step equals
-    the uninterrupted run's, each logged once, and the counters say what happened."""
+    """Every role killed for real during a step (os._exit in its process), and the run
+    stopped and resumed by a new trainer: every step equals the uninterrupted run's, each
+    logged once, and the counters say what happened."""
     whole, survived, resumed, done = runs
-    assert [role for _, role, _ in done] == ["reference", "engine_core", "critic", "learner", "agent_loop"]
+    assert [role for _, role, _ in done] == ["engine", "reference", "critic", "learner", "agent_loop"]
     rows = resumed.run.read_metrics()
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]  # re-run steps logged once
     assert rows[:4] == survived.metrics_history  # the resumed run continued the same log
     counters = ("role_restarts", "engine_restarts", "run_restarts")
     print({r["step"]: {k: r[k] for k in (*counters, "episodes_retried")} for r in rows})
-    # by the end of step 4: the reference restarted in place, the engine replaced
-    # mid-rollout, and learner and critic twice back to the newest checkpoint (where each
-    # death lands, in a step or in the checkpoint after it, depends on timing); the resumed
-    # trainer counts afresh: the agent loop restarted in place
+    # after step 1 the engine was replaced mid-rollout; by the end of step 4 the reference
+    # had restarted in place, and learner and critic twice back to the newest checkpoint
+    # (where each death lands, in a step or in the checkpoint after it, depends on timing);
+    # the resumed trainer counts afresh: the agent loop restarted in place
     assert [tuple(r[k] for k in counters) for r in (rows[0], rows[3], rows[4])] == [
-        (1, 0, 0),
+        (0, 1, 0),
         (1, 1, 2),
         (1, 0, 0),
     ]
-    assert rows[1]["episodes_retried"] > 0  # the dead engine's episodes ran again
+    assert rows[0]["episodes_retried"] > 0  # the dead engine's episodes ran again
     assert all(r["episodes"] == 8 for r in rows)  # none dropped
     assert all(r["grad_norm"] > 0 and r["reward_std"] > 0 for r in whole)  # the policy moves
     assert whole[-1]["kl"] > 1e-3  # ... away from the reference

@@ -30,9 +30,19 @@ class SwitchableExtension(WeightSyncExtension):
         self._rayrl_ignoring = on
 
     def rayrl_process(self) -> dict:
+        import psutil
         import torch
 
-        return {"pid": os.getpid(), "ppid": os.getppid(), "threads": torch.get_num_threads()}
+        children = [p.pid for p in psutil.Process().children(recursive=True)]
+        return {"pid": os.getpid(), "children": children, "threads": torch.get_num_threads()}
+
+    def rayrl_break_model(self) -> None:
+        """The model's next forward pass raises (an engine fault mid-generation)."""
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("injected fault in the model's forward pass")
+
+        self.model_runner.execute_model = broken
 
     def rayrl_receive_weights(self, wire_spec, bucket_bytes):
         if not self._rayrl_ignoring:
@@ -49,6 +59,12 @@ class SwitchableWorker(RolloutWorker):
 
     async def ignore_loads(self, on: bool) -> None:
         await self.engine.collective_rpc("rayrl_ignore_loads", args=(on,))
+
+    async def break_model(self) -> None:
+        await self.engine.collective_rpc("rayrl_break_model")
+
+    async def engine_errored(self) -> bool:
+        return self.engine.errored
 
     async def model_process(self) -> dict:
         """Where the model runs, as its worker sees it, beside this actor's pid."""
@@ -119,13 +135,13 @@ def sync(ray, engine, learner, version, timeout_s=60.0):
     return synced
 
 
-def test_the_model_runs_in_the_engine_core_on_every_core(pair):
-    """The worker sits in the engine-core process the actor spawned (no third process),
-    and that process computes on all cores although Ray gave the actor one
-    (OMP_NUM_THREADS=1 in the actor)."""
+def test_the_model_runs_in_the_actors_process_on_every_core(pair):
+    """The engine core and its worker run in the rollout actor's own process (no spawned
+    process re-importing vLLM), and the model computes on all cores although Ray gave
+    the actor one (OMP_NUM_THREADS=1 in the actor)."""
     ray, engine, _ = pair
     facts = ray.get(engine.model_process.remote())
-    assert facts["ppid"] == facts["actor_pid"] != facts["pid"]
+    assert facts["pid"] == facts["actor_pid"] and facts["children"] == []
     assert facts["threads"] == os.cpu_count()
 
 
@@ -207,3 +223,19 @@ def test_a_hung_receiver_fails_the_sync_within_its_deadline(pair):
         sync_engines([learner], [engine, stuck], spec, version, 1 << 20, 5.0)
     assert time.perf_counter() - t0 < 15
     ray.kill(stuck)
+
+
+def test_an_engine_fault_fails_its_requests_as_a_dead_engine(pair):
+    """A fault inside the engine (here its forward pass) fails every request it serves
+    with vLLM's EngineDeadError, which the agent loop reads as a lost engine (and the
+    trainer replaces it); the actor itself lives on. Last in the module: it breaks the
+    engine."""
+    from rayrl.actors.agent_loop import engine_died
+
+    ray, engine, _ = pair
+    ray.get(engine.break_model.remote())
+    for _ in range(2):  # the failing request, and one sent to the engine after it died
+        with pytest.raises(Exception) as failed:
+            ray.get(engine.generate.remote([1, 2, 3], 4, 1.0), timeout=60)
+        assert engine_died(failed.value) and "EngineDeadError" in str(failed.value)
+    assert ray.get(engine.engine_errored.remote())

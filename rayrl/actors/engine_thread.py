@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -108,7 +109,8 @@ class EngineThread:
                 torch.set_num_threads(threads)  # this thread's OpenMP pool runs the model
             from vllm.v1.engine.llm_engine import LLMEngine
 
-            engine = LLMEngine.from_engine_args(engine_args, enable_multiprocessing=False)
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # "1" would spawn the core anyway
+            engine = LLMEngine.from_engine_args(engine_args)
         except BaseException as err:  # noqa: BLE001 - handed to the caller of `start`
             self._dead = err
             self._ready.set_exception(err)
@@ -126,14 +128,19 @@ class EngineThread:
                     self._wake.wait()
                     self._wake.clear()
         except BaseException as err:  # noqa: BLE001 - the engine is gone: tell every caller
+            from vllm.v1.engine.exceptions import EngineDeadError
+
             logger.exception("the vLLM engine failed")
-            self._fail(err)
+            self._dead = EngineDeadError()
+            self._dead.__cause__ = err
         finally:
             self._stopping = True
-            gone = RuntimeError("the vLLM engine was shut down")
+            gone = self._dead or RuntimeError("the vLLM engine was shut down")
             for request_id in list(self._streams):
                 self._deliver(request_id, gone)
-            self._fail_pending(gone)
+            for _, future in self._drain():
+                if future is not None and not future.done():
+                    future.set_exception(gone)
             try:
                 engine.engine_core.shutdown()
             except Exception:  # noqa: BLE001 - best effort on the way out
@@ -145,12 +152,16 @@ class EngineThread:
         except Exception as err:  # noqa: BLE001 - a bad request fails only its caller
             self._deliver(request_id, err)
 
-    def _run_inbox(self, engine: Any) -> None:
+    def _drain(self):
+        """The (fn, future) items waiting in the inbox, taken out one by one."""
         while True:
             try:
-                fn, future = self._inbox.get_nowait()
+                yield self._inbox.get_nowait()
             except queue.Empty:
                 return
+
+    def _run_inbox(self, engine: Any) -> None:
+        for fn, future in self._drain():
             try:
                 result = fn(engine)
             except Exception as err:  # noqa: BLE001 - the caller's call failed, not the engine
@@ -169,25 +180,6 @@ class EngineThread:
                 loop.call_soon_threadsafe(outputs.put_nowait, item)
             except RuntimeError:  # the caller's loop is closed: nobody is waiting any more
                 self._streams.pop(request_id, None)
-
-    def _fail(self, err: BaseException) -> None:
-        from vllm.v1.engine.exceptions import EngineDeadError
-
-        dead = EngineDeadError()
-        dead.__cause__ = err
-        self._dead = dead
-        for request_id in list(self._streams):
-            self._deliver(request_id, dead)
-        self._fail_pending(dead)
-
-    def _fail_pending(self, err: BaseException) -> None:
-        while True:
-            try:
-                _, future = self._inbox.get_nowait()
-            except queue.Empty:
-                return
-            if future is not None and not future.done():
-                future.set_exception(err)
 
     # ---- handing work to the thread -------------------------------------------------
     def _check_alive(self) -> None:

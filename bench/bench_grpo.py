@@ -236,11 +236,16 @@ def rayrl_steps(args) -> dict:
         "setup_s": setup_s,
         **med,
         "same_prompts_tokens_per_s": statistics.median(rates),
-        "sync_gb_per_s": statistics.median(s["bytes"] / s["seconds"] / 1e9 for s in syncs),
-        "wire_gb_per_s": statistics.median(s["bytes"] / s["engine_receive_s"] / 1e9 for s in syncs),
-        "engine_load_s": statistics.median(s["engine_load_s"] for s in syncs),
-        "engine_finalize_s": statistics.median(s["engine_finalize_s"] for s in syncs),
-        "sync_seconds": statistics.median(s["seconds"] for s in syncs),
+        # end to end: from the learner's first send to every engine's proven load
+        "sync_gb_per_s": statistics.median(s["bytes"] / s["wall_s"] / 1e9 for s in syncs),
+        "sync_seconds": statistics.median(s["wall_s"] for s in syncs),
+        "sync_send_s": statistics.median(s["seconds"] for s in syncs),
+        "engine_path": syncs[0]["engine_path"],
+        **{
+            k: statistics.median(s[k] for s in syncs)
+            for k in ("engine_receive_s", "engine_load_s", "engine_finalize_s", "engine_process_s")
+            if k in syncs[0]
+        },
         "sync_bytes": syncs[0]["bytes"],
         "peak_mb": peaks,
     }
@@ -321,12 +326,20 @@ def main() -> None:
         ("rollout tokens/s in GRPO steps (median)", f"{r['tokens_per_s']:.0f}"),
         ("engine vs learner log-prob, mean abs gap", f"{r['logprob_gap']:.4f}"),
         (
-            "weight sync (GB/s, median of 5)",
+            "weight sync, end to end (GB/s, median of 5)",
             f"{r['sync_gb_per_s']:.2f} ({r['sync_bytes'] / 1e6:.0f} MB in {r['sync_seconds']:.2f} s)",
         ),
-        ("  of which on the wire (GB/s)", f"{r['wire_gb_per_s']:.2f}"),
-        ("  of which vLLM load_weights (s)", f"{r['engine_load_s']:.2f}"),
-        ("  of which vLLM finalize: repack (s)", f"{r['engine_finalize_s']:.2f}"),
+        ("  learner: gather, cast and send (s)", f"{r['sync_send_s']:.2f}"),
+        ("  engine: waiting for buckets (s)", f"{r['engine_receive_s']:.2f}"),
+        (
+            f"  engine: loading, {r['engine_path']} path (s)",
+            f"{r['engine_load_s'] + r['engine_finalize_s']:.2f}",
+        ),
+        *(
+            [("    of which kernel re-packing (s)", f"{r['engine_process_s']:.2f}")]
+            if "engine_process_s" in r
+            else []
+        ),
         ("setup: engines + models (s)", f"{r['setup_s']:.0f}"),
         *((f"peak RSS, {role} (MiB)", f"{mb:.0f}") for role, mb in r["peak_mb"].items()),
         ("peak RSS, raw vLLM, default processes (MiB)", f"{r['raw_vllm_peak_mb']:.0f}"),

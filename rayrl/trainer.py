@@ -693,7 +693,7 @@ class RayPPOTrainer:
             "staleness_mean": sum(k * n for k, n in stale.items()) / tokens,
             "staleness_max": max(stale, default=0),
             "synced": int(sync is not None),
-            "sync_gb_per_s": sync["bytes"] / max(sync["seconds"], 1e-9) / 1e9 if sync else 0.0,
+            "sync_gb_per_s": sync["bytes"] / max(sync["wall_s"], 1e-9) / 1e9 if sync else 0.0,
             "sync_checked_tensors": sync["canary_tensors"] if sync else 0,
             **{f"time_{k}": v for k, v in times.items()},
         }

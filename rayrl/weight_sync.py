@@ -256,11 +256,13 @@ def sync_engines(
     learner's of what it sent; an engine that received but did not load fails here.
 
     Returns:
-        the learner's figures (bytes, seconds, version), the first engine's (`engine_*_s`),
-        and `canary_tensors`: how many tensors each engine's fingerprint covered.
+        the learner's figures (bytes, seconds, version), the first engine's (`engine_*_s`, `engine_path`),
+        `canary_tensors`: how many tensors each engine's fingerprint covered, and
+        `wall_s`: the whole sync, from the first send to the last engine's proven load.
     """
     import ray
 
+    start = time.perf_counter()
     receives = [e.receive_weights.remote(spec, bucket_bytes, version) for e in engines]
     sends = [r.broadcast_weights.remote(bucket_bytes, version) for r in learners]
     names = {
@@ -293,5 +295,5 @@ def sync_engines(
         (sum(len(k.split("+")) for k in p) for got in received for p in got["fingerprints"]), default=0
     )
     first = received[0] if received else {}
-    engine = {f"engine_{k}": v for k, v in first.items() if k.endswith("_s")}
-    return {**sent, **engine, "canary_tensors": covered}
+    engine = {f"engine_{k}": v for k, v in first.items() if k.endswith("_s") or k == "path"}
+    return {**sent, **engine, "canary_tensors": covered, "wall_s": time.perf_counter() - start}

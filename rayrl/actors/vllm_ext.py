@@ -1,9 +1,13 @@
 """Methods rayrl adds to every vLLM worker (`worker_extension_cls`).
 
-vLLM runs its model in a worker process of its own; `collective_rpc(name, args)`
-calls these methods there. They join the learner's weight-sync group and load
-received tensors through vLLM's layer-wise reload lifecycle, which re-applies the
-per-layer weight processing that a plain `load_weights` would skip.
+`collective_rpc(name, args)` calls these methods on vLLM's model worker. They join the
+learner's weight-sync group and load what it broadcasts. When every weight sent lands in
+an unquantized layer (the usual case: a bf16 or float32 policy), each is placed straight
+from the received bucket: a GEMM layer's parts (q, k, v fused into one `qkv_proj`) are
+already adjacent there, so the layer's kernel re-packs from the bucket without a copy, and
+the other weights are copied into the tensors the model holds. Anything else (quantized
+layers, tensor-parallel shards) goes through vLLM's layer-wise reload lifecycle, which
+re-applies each layer's post-load processing in general.
 """
 
 from __future__ import annotations
@@ -51,23 +55,18 @@ class WeightSyncExtension:
             bucket_bytes: bucket size the learner sends with.
 
         Returns:
-            tensors loaded, seconds spent receiving, loading and finalizing, and the
-            fingerprint of the loaded weights.
+            tensors loaded, the loading path ("direct" or "layerwise"), seconds spent
+            receiving, loading and finalizing (the direct path also: copying plain weights,
+            re-processing layers), and the fingerprint of the loaded weights.
         """
-        from vllm.model_executor.model_loader.reload import (
-            finalize_layerwise_reload,
-            initialize_layerwise_reload,
-        )
-
         model = self.model_runner.model
         device = next(model.parameters()).device
-        stats = {"tensors": 0, "receive_s": 0.0, "load_s": 0.0}
+        spec = weight_sync.from_wire(wire_spec)
+        loader = self._rayrl_loader(spec)
+        stats = {"tensors": 0, "receive_s": 0.0, "load_s": 0.0, "path": loader.path}
         t0 = time.perf_counter()
-        initialize_layerwise_reload(model)
         with torch.no_grad():
-            buckets = weight_sync.receive_buckets(
-                self._rayrl_group, weight_sync.from_wire(wire_spec), bucket_bytes, device
-            )
+            buckets = weight_sync.receive_buckets(self._rayrl_group, spec, bucket_bytes, device)
             while True:
                 t = time.perf_counter()
                 bucket = next(buckets, None)
@@ -75,28 +74,202 @@ class WeightSyncExtension:
                 if bucket is None:
                     break
                 t = time.perf_counter()
-                model.load_weights(weights=bucket)
+                loader.load(bucket)
                 stats["load_s"] += time.perf_counter() - t
                 stats["tensors"] += len(bucket)
-        t = time.perf_counter()
-        finalize_layerwise_reload(model, self.model_runner.model_config)
+            t = time.perf_counter()
+            loader.finish()
+        stats["finalize_s"] = time.perf_counter() - t
+        stats["total_s"] = time.perf_counter() - t0
+        stats.update(getattr(loader, "seconds", {}))
+        stats["fingerprint"] = self.rayrl_fingerprint(weight_sync.fingerprint_names(spec))
+        return stats
+
+    def _rayrl_loader(self, spec: weight_sync.WeightSpec):
+        """The direct loader where it applies to `spec` (planned once per spec), else
+        vLLM's layer-wise reload."""
+        key = tuple((t.name, t.shape) for t in spec)
+        if getattr(self, "_rayrl_plan_key", None) != key:
+            self._rayrl_plan_key = key
+            self._rayrl_plan = DirectLoad.plan(self.model_runner.model, spec)
+        return self._rayrl_plan.start() if self._rayrl_plan else LayerwiseLoad(self)
+
+
+class LayerwiseLoad:
+    """vLLM's general reload: each layer is rebuilt from what it receives and processed
+    again once complete (quantization, repacking), whatever its kind."""
+
+    path = "layerwise"
+
+    def __init__(self, worker):
+        from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
+
+        self.worker = worker
+        self.model = worker.model_runner.model
+        initialize_layerwise_reload(self.model)
+
+    def load(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
+        self.model.load_weights(weights=bucket)
+
+    def finish(self) -> None:
+        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+
+        finalize_layerwise_reload(self.model, self.worker.model_runner.model_config)
         # Layer-wise reload restores a layer that received nothing (the tied LM head)
         # from its old tensors, which unties it; point it at the fresh shared weight
         # again and redo its post-load processing (on CPU that repacks the GEMM weight
         # the logits are computed with; elsewhere it is a no-op for plain weights).
-        for alias, source in self._rayrl_aliases:
+        for alias, source in self.worker._rayrl_aliases:
             module_name, _, attr = alias.rpartition(".")
-            module = model.get_submodule(module_name)
-            setattr(module, attr, model.get_parameter(source))
+            module = self.model.get_submodule(module_name)
+            setattr(module, attr, self.model.get_parameter(source))
             method = getattr(module, "quant_method", None)
             if method is not None:
                 method.process_weights_after_loading(module)
-        stats["finalize_s"] = time.perf_counter() - t
-        stats["total_s"] = time.perf_counter() - t0
-        stats["fingerprint"] = self.rayrl_fingerprint(
-            weight_sync.fingerprint_names(weight_sync.from_wire(wire_spec))
-        )
-        return stats
+
+
+class DirectLoad:
+    """Weights placed where the running model keeps them, for a model whose every received
+    weight belongs to an unquantized layer that is not sharded.
+
+    A GEMM layer (vLLM fuses q, k and v into `qkv_proj`, gate and up into `gate_up_proj`)
+    is rebuilt once all its parts have arrived: the learner sends a block's weights in
+    checkpoint order, so the parts sit back to back in the received bucket and are the
+    fused weight without a copy. Where the layer keeps its weight (GPU), that is copied
+    into it in place (CUDA graphs hold its address); where vLLM packed it for its CPU
+    kernel and dropped it, the layer is handed the received tensor and packs from it.
+    Either way the layer's own post-load processing runs, as after a checkpoint load.
+    Other weights (embeddings, norms) are copied into the model's tensors, and each layer
+    holding one (a tied LM head too) is processed again.
+
+    Use `DirectLoad.plan(model, spec)` (None where this does not apply), then per sync
+    `start()`, `load(bucket)` for each bucket, `finish()`.
+    """
+
+    path = "direct"
+
+    def __init__(self, gemm: dict, plain: dict, holders: dict):
+        self.gemm = gemm  # sent name -> (layer, "weight" or "bias", part, parts, shape)
+        self.plain = plain  # sent name -> the model's tensor
+        self.holders = holders  # sent plain name -> layers to process after a copy
+
+    @classmethod
+    def plan(cls, model: torch.nn.Module, spec: weight_sync.WeightSpec) -> DirectLoad | None:
+        from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+        from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+        packed = getattr(model, "packed_modules_mapping", {})
+        gemm, needed = {}, {}
+        for name, layer in model.named_modules():
+            if not isinstance(getattr(layer, "quant_method", None), UnquantizedLinearMethod):
+                continue
+            parent, _, leaf = name.rpartition(".")
+            parts = [f"{parent}.{p}" if parent else p for p in packed.get(leaf, [leaf])]
+            sizes = list(getattr(layer, "output_partition_sizes", [layer.output_size_per_partition]))
+            if getattr(layer, "tp_size", 1) != 1 or len(sizes) != len(parts):
+                return None
+            kinds = ["weight"] + (["bias"] if getattr(layer, "bias", None) is not None else [])
+            needed[layer] = {f"{p}.{kind}" for p in parts for kind in kinds}
+            for kind in kinds:
+                for i, p in enumerate(parts):
+                    shape = (sizes[i], layer.input_size_per_partition) if kind == "weight" else (sizes[i],)
+                    gemm[f"{p}.{kind}"] = (layer, kind, i, len(parts), shape)
+        params = dict(model.named_parameters(remove_duplicate=False))
+        holders: dict[int, list] = {}
+        for layer in model.modules():
+            for t in layer._parameters.values():
+                if t is not None and isinstance(
+                    getattr(layer, "quant_method", None), UnquantizedEmbeddingMethod
+                ):
+                    holders.setdefault(id(t), []).append(layer)
+        plain, plain_holders, sent = {}, {}, {t.name for t in spec}
+        for t in spec:
+            if t.name in gemm:
+                if t.shape != gemm[t.name][4]:
+                    return None
+                continue
+            target = params.get(t.name)
+            owner = model.get_submodule(t.name.rpartition(".")[0]) if target is not None else None
+            if target is None or tuple(target.shape) != t.shape:
+                return None
+            if getattr(owner, "quant_method", None) is not None and id(target) not in holders:
+                return None
+            plain[t.name] = target
+            plain_holders[t.name] = holders.get(id(target), [])
+        # a fused layer must receive all its parts (a LoRA learner sends whole blocks)
+        touched = {gemm[n][0] for n in sent if n in gemm}
+        if any(not needed[layer] <= sent for layer in touched):
+            return None
+        return cls({n: v for n, v in gemm.items() if n in sent}, plain, plain_holders)
+
+    def start(self) -> DirectLoad:
+        self.arrived: dict = {}  # (layer, kind) -> {part index: tensor}
+        self.reprocess: dict = {}  # id -> layer, in order
+        self.complete: dict = {}  # layer -> kinds still missing
+        self.seconds = {"copy_s": 0.0, "process_s": 0.0}
+        for layer, kind, *_ in self.gemm.values():
+            self.complete.setdefault(layer, set()).add(kind)
+        return self
+
+    def load(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
+        for name, tensor in bucket:
+            if name in self.plain:
+                t = time.perf_counter()
+                self.plain[name].data.copy_(tensor)
+                self.seconds["copy_s"] += time.perf_counter() - t
+                for layer in self.holders[name]:
+                    self.reprocess[id(layer)] = layer
+                continue
+            layer, kind, i, count, _ = self.gemm[name]
+            parts = self.arrived.setdefault((layer, kind), {})
+            parts[i] = tensor
+            if len(parts) == count:
+                self._place(layer, kind, _joined([parts[k] for k in range(count)]))
+                del self.arrived[(layer, kind)]
+                self.complete[layer].discard(kind)
+                if not self.complete[layer]:
+                    self._process(layer)
+
+    def finish(self) -> None:
+        for layer in self.reprocess.values():
+            self._process(layer)
+        missing = [k for k, v in self.complete.items() if v] + list(self.arrived)
+        if missing:
+            raise RuntimeError(f"weight sync ended with {len(missing)} layers not fully received")
+
+    def _process(self, layer: torch.nn.Module) -> None:
+        t = time.perf_counter()
+        layer.quant_method.process_weights_after_loading(layer)
+        self.seconds["process_s"] += time.perf_counter() - t
+
+    @staticmethod
+    def _place(layer: torch.nn.Module, kind: str, value: torch.Tensor) -> None:
+        held = getattr(layer, kind)
+        if held.numel() == 0:  # packed for the CPU kernel and dropped: packs from `value`
+            setattr(layer, kind, torch.nn.Parameter(value, requires_grad=False))
+        else:
+            held.data.copy_(value.view(held.shape))
+
+
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The parts stacked along their first dimension: a view where they lie back to back
+    in one buffer (as received), else a copy."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    base = first._base if first._base is not None else first
+    end = first.data_ptr()
+    for p in parts:
+        if (
+            p.data_ptr() != end
+            or not p.is_contiguous()
+            or (p._base if p._base is not None else p) is not base
+        ):
+            return torch.cat(parts)
+        end += p.numel() * p.element_size()
+    rows = sum(p.shape[0] for p in parts)
+    offset = (first.data_ptr() - base.data_ptr()) // first.element_size()
+    return base.reshape(-1)[offset : offset + rows * first[0].numel()].view(rows, *first.shape[1:])
 
 
 class _ExpectedReloadWarnings(logging.Filter):

@@ -15,7 +15,7 @@ import pytest
 from rayrl import weight_sync
 from rayrl.actors.learner import ActorLearner
 from rayrl.actors.rollout import RolloutWorker
-from rayrl.actors.vllm_ext import WeightSyncExtension
+from rayrl.actors.vllm_ext import DirectLoad, LayerwiseLoad, WeightSyncExtension
 from rayrl.config import InferenceConfig, LearnerConfig, TrainingConfig
 from rayrl.weight_sync import WeightSyncError, sync_engines
 
@@ -25,9 +25,20 @@ class SwitchableExtension(WeightSyncExtension):
     broadcast but loads nothing."""
 
     _rayrl_ignoring = False
+    _rayrl_layerwise = False
 
     def rayrl_ignore_loads(self, on: bool) -> None:
         self._rayrl_ignoring = on
+
+    def rayrl_force_layerwise(self, on: bool) -> None:
+        self._rayrl_layerwise = on
+
+    def _rayrl_loader(self, spec):
+        return LayerwiseLoad(self) if self._rayrl_layerwise else super()._rayrl_loader(spec)
+
+    def rayrl_direct_plan(self, wire_spec) -> bool:
+        """Whether the direct loader takes this spec."""
+        return DirectLoad.plan(self.model_runner.model, weight_sync.from_wire(wire_spec)) is not None
 
     def rayrl_process(self) -> dict:
         import psutil
@@ -59,6 +70,17 @@ class SwitchableWorker(RolloutWorker):
 
     async def ignore_loads(self, on: bool) -> None:
         await self.engine.collective_rpc("rayrl_ignore_loads", args=(on,))
+
+    async def force_layerwise(self, on: bool) -> None:
+        await self.engine.collective_rpc("rayrl_force_layerwise", args=(on,))
+
+    async def direct_plan(self, spec) -> bool:
+        (ok,) = await self.engine.collective_rpc("rayrl_direct_plan", args=(weight_sync.to_wire(spec),))
+        return ok
+
+    async def fingerprint(self, names: list[str]) -> dict:
+        (prints,) = await self.engine.collective_rpc("rayrl_fingerprint", args=(names,))
+        return prints
 
     async def break_model(self) -> None:
         await self.engine.collective_rpc("rayrl_break_model")
@@ -194,6 +216,67 @@ def one_update(ray, learner):
         }
     )
     assert ray.get(learner.update.remote(batch))["grad_norm"] > 0
+
+
+def learner_fingerprint(learner, names):
+    """The learner's `weight_sync.fingerprint` of the named weights as it sends them."""
+    import torch
+
+    def prints(self, names):
+        with torch.no_grad(), self.strategy.full_parameters():
+            return weight_sync.fingerprint(list(self.full_weights()), names, self.sync_dtype)
+
+    return learner.__ray_call__.remote(prints, names)
+
+
+def assert_engine_holds_every_weight_sent(ray, engine, learner):
+    """Every weight the learner sends, fused GEMMs read back through their kernel, is
+    bit-equal in the engine."""
+    names = [t.name for t in ray.get(learner.weight_spec.remote())]
+    sent = ray.get(learner_fingerprint(learner, names))
+    held = ray.get(engine.fingerprint.remote(names))
+    assert {part for key in held for part in key.split("+")} == set(names)
+    wrong = [k for k, v in held.items() if v != weight_sync.expected_fingerprint(sent, k)]
+    assert wrong == []
+
+
+def test_both_loading_paths_place_every_weight_exactly(pair):
+    """The direct path (the default for an unquantized model) and vLLM's layer-wise reload
+    each leave every sent weight bit-equal in the engine, LM head and fused GEMMs included,
+    and the engine's log-probs match the learner's."""
+    ray, engine, learner = pair
+    seq = list(range(100, 140))
+    version = ray.get(engine.generate.remote([1, 2, 3], 2, 1.0)).weight_version
+    for path in ("layerwise", "direct"):
+        one_update(ray, learner)
+        version += 1
+        ray.get(engine.force_layerwise.remote(path == "layerwise"))
+        try:
+            synced = sync(ray, engine, learner, version)
+        finally:
+            ray.get(engine.force_layerwise.remote(False))
+        assert synced["engine_path"] == path
+        assert synced["wall_s"] >= synced["engine_total_s"]
+        assert_engine_holds_every_weight_sent(ray, engine, learner)
+        np.testing.assert_allclose(
+            ray.get(engine.prompt_logprobs.remote(seq)),
+            ray.get(learner.sequence_logprobs.remote(seq)),
+            atol=2e-3,
+        )
+
+
+def test_the_direct_path_declines_what_it_cannot_place(pair):
+    """A fused layer missing one of its parts, or a weight of another shape, goes through
+    vLLM's general reload instead."""
+    ray, engine, learner = pair
+    spec = ray.get(learner.weight_spec.remote())
+    assert ray.get(engine.direct_plan.remote(spec))
+    q = next(t for t in spec if t.name.endswith("q_proj.weight"))
+    assert not ray.get(engine.direct_plan.remote([t for t in spec if t is not q]))
+    reshaped = [
+        weight_sync.TensorSpec(t.name, (2 * t.shape[0], t.shape[1]), t.dtype) if t is q else t for t in spec
+    ]
+    assert not ray.get(engine.direct_plan.remote(reshaped))
 
 
 def test_an_engine_that_loads_nothing_is_caught_at_the_sync(pair):

@@ -346,6 +346,11 @@ def main() -> None:
         ("peak RSS, raw vLLM, one process (MiB)", f"{r['raw_inproc_peak_mb']:.0f}"),
         *([("peak RSS, TRL process (MiB)", f"{r['trl_peak_mb']:.0f}")] if "trl_peak_mb" in r else []),
     ]
+    print_table(rows)
+
+
+def print_table(rows: list[tuple[str, str]]) -> None:
+    """(metric, value) rows as a two-column text table."""
     width = max(len(k) for k, _ in rows)
     print(f"{'metric':<{width}} | value")
     print(f"{'-' * width}-|-{'-' * 40}")

@@ -58,7 +58,9 @@ def main() -> None:
         out = {}
         for n in order:
             w = saved[n].float()
-            out[n] = (w + scale * w.std() * torch.randn(w.shape, generator=gen)).to(getattr(torch, dtype))
+            out[n] = (w + scale * w.std() * torch.randn(w.shape, generator=gen)).to(
+                weight_sync.torch_dtype(dtype)
+            )
         return out
 
     def buckets(weights: dict):
@@ -104,7 +106,7 @@ def main() -> None:
     for _ in range(args.repeats):
         times["layer-wise (vLLM's general reload)"].append(load(LayerwiseLoad(worker), weights))
         times["direct"].append(load(plan.start(), weights))
-    size = sum(t.numel * torch.tensor([], dtype=getattr(torch, dtype)).element_size() for t in spec)
+    size = sum(t.numel for t in spec) * weight_sync.torch_dtype(dtype).itemsize
     rows = [("weights", f"{size / 1e6:.0f} MB, {dtype}, {device}, {torch.get_num_threads()} threads")]
     for name, runs in times.items():
         med = statistics.median(runs)

@@ -175,13 +175,12 @@ class DirectLoad:
                     shape = (sizes[i], layer.input_size_per_partition) if kind == "weight" else (sizes[i],)
                     gemm[f"{p}.{kind}"] = (layer, kind, i, len(parts), shape)
         params = dict(model.named_parameters(remove_duplicate=False))
-        holders: dict[int, list] = {}
+        holders: dict[int, list] = {}  # id of an embedding's tensor -> layers holding it
         for layer in model.modules():
-            for t in layer._parameters.values():
-                if t is not None and isinstance(
-                    getattr(layer, "quant_method", None), UnquantizedEmbeddingMethod
-                ):
-                    holders.setdefault(id(t), []).append(layer)
+            if isinstance(getattr(layer, "quant_method", None), UnquantizedEmbeddingMethod):
+                for t in layer._parameters.values():
+                    if t is not None:
+                        holders.setdefault(id(t), []).append(layer)
         plain, plain_holders, sent = {}, {}, {t.name for t in spec}
         for t in spec:
             if t.name in gemm:
@@ -189,9 +188,9 @@ class DirectLoad:
                     return None
                 continue
             target = params.get(t.name)
-            owner = model.get_submodule(t.name.rpartition(".")[0]) if target is not None else None
             if target is None or tuple(target.shape) != t.shape:
                 return None
+            owner = model.get_submodule(t.name.rpartition(".")[0])
             if getattr(owner, "quant_method", None) is not None and id(target) not in holders:
                 return None
             plain[t.name] = target
@@ -233,7 +232,7 @@ class DirectLoad:
     def finish(self) -> None:
         for layer in self.reprocess.values():
             self._process(layer)
-        missing = [k for k, v in self.complete.items() if v] + list(self.arrived)
+        missing = [layer for layer, kinds in self.complete.items() if kinds]
         if missing:
             raise RuntimeError(f"weight sync ended with {len(missing)} layers not fully received")
 

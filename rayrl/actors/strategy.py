@@ -279,6 +279,12 @@ class DeepSpeedStrategy(_DataParallel):
     ):
         import deepspeed
 
+        if not torch.cuda.is_available():
+            # On its CPU accelerator DeepSpeed JIT-compiles a shared-memory all-reduce kernel
+            # whenever its communication backend starts: ~45 s of a 2-core machine on first
+            # use, and again whenever the environment's path changes. Only its tensor-parallel
+            # inference calls that kernel; ZeRO training goes through torch.distributed.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         self.rank = dist.get_rank()  # DeepSpeed always runs in a process group
         self.world_size = world_size
         self.packing = role.packing

@@ -178,9 +178,9 @@ _TOKENIZERS: dict[str, Any] = {}
 
 def _tokenizer(model_path: str) -> Any:
     if model_path not in _TOKENIZERS:
-        from transformers import AutoTokenizer
+        from rayrl.agent.chat_tokens import load_tokenizer
 
-        _TOKENIZERS[model_path] = AutoTokenizer.from_pretrained(model_path)
+        _TOKENIZERS[model_path] = load_tokenizer(model_path)
     return _TOKENIZERS[model_path]
 
 

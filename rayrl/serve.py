@@ -31,7 +31,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from rayrl.agent.capture import TokenCapture
-from rayrl.agent.chat_tokens import ChatTokens
+from rayrl.agent.chat_tokens import ChatTokens, load_tokenizer
 from rayrl.agent.openai_format import (
     RequestError,
     chat_completion,
@@ -135,15 +135,13 @@ class PolicyServer:
     """
 
     def __init__(self, model_path: str, inference: InferenceConfig, settings: ServeConfig):
-        from transformers import AutoTokenizer
-
         from rayrl.actors.rollout import RolloutWorker
 
         self.model_path = model_path
         self.inference = inference
         self.settings = settings
         self.worker = RolloutWorker(model_path, inference)
-        self.chat = ChatTokens(AutoTokenizer.from_pretrained(model_path))
+        self.chat = ChatTokens(load_tokenizer(model_path))
         self.names = {settings.model_name, model_path, Path(model_path).name}
 
     async def start(self) -> None:

@@ -34,7 +34,7 @@ import pyarrow as pa
 from rayrl.actors.agent_drivers import AgentPlan, FunctionAgentDriver, QueueAgentDriver
 from rayrl.actors.env_host import EnvironmentFailure, EnvironmentPool, new_environment
 from rayrl.agent.async_agent import AgentPrompt
-from rayrl.agent.chat_tokens import ChatTokens
+from rayrl.agent.chat_tokens import ChatTokens, load_tokenizer
 from rayrl.config import ConfigError, EnvironmentConfig, InferenceConfig
 from rayrl.envs import BaseEnvironment
 from rayrl.envs.source import EnvironmentSource
@@ -168,13 +168,11 @@ class EpisodeRunner:
         agent: AgentPlan | None = None,
         group_size: int = 1,
     ):
-        from transformers import AutoTokenizer
-
         configure_logging()
         self.env_config = env_config
         self.inference = inference_config
         self.engines = engines
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer = load_tokenizer(model_path)
         self.env_source = env_source
         probe = self.new_environment()
         self.system_prompt = probe.get_prompt_prefix()

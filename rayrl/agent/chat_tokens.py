@@ -9,9 +9,47 @@ placeholder is what gets encoded.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 _PLACEHOLDER = "\x00RAYRL_ASSISTANT\x00"
+
+# Model types for which `AutoTokenizer` keeps a folder's generic `TokenizersBackend` class
+# (none of transformers' per-type corrections applies; tests/unit/test_tokens.py checks
+# this against transformers' own tables).
+GENERIC_TOKENIZER_MODEL_TYPES = frozenset({"llama"})
+
+
+def load_tokenizer(model_path: str | Path) -> Any:
+    """`AutoTokenizer.from_pretrained(model_path)`, the same object, without importing torch
+    where the folder names the class AutoTokenizer returns for it.
+
+    `AutoTokenizer` reads the model's config through `AutoConfig`, whose import pulls in
+    transformers' generation code and torch: about 7 of the 10 CPU-seconds it costs a
+    process that only needs a tokenizer (the agent loop, a data reader). A folder whose
+    `tokenizer_config.json` names the generic `TokenizersBackend` (no custom code) and
+    whose model type is in `GENERIC_TOKENIZER_MODEL_TYPES` gets that class directly;
+    every other folder goes through `AutoTokenizer`.
+    """
+    folder = Path(model_path)
+    try:
+        settings = json.loads((folder / "tokenizer_config.json").read_text())
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        settings, model_type = {}, None
+    if (
+        settings.get("tokenizer_class") == "TokenizersBackend"
+        and "auto_map" not in settings
+        and model_type in GENERIC_TOKENIZER_MODEL_TYPES
+        and (folder / "tokenizer.json").is_file()
+    ):
+        from transformers import TokenizersBackend
+
+        return TokenizersBackend.from_pretrained(str(folder))
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_path))
 
 
 class ChatTokens:

@@ -28,7 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from rayrl.agent.actions import parse_action, take_action, valid_actions_of
-from rayrl.agent.chat_tokens import ChatTokens
+from rayrl.agent.chat_tokens import ChatTokens, load_tokenizer
 from rayrl.config import ConfigError, ConfigStore
 from rayrl.offline.transcripts import (
     RESULT_PREFIX,
@@ -208,8 +208,6 @@ class AgenticTrainer:
         Returns:
             (the policy: `RemotePolicy`, the tokenizer, the device the roles run on).
         """
-        from transformers import AutoTokenizer
-
         from rayrl.placement import Role
         from rayrl.trainer import RayPPOTrainer
 
@@ -224,7 +222,7 @@ class AgenticTrainer:
             import ray
 
             counts = ray.get(self.ppo.learner.parameter_counts.remote())
-            self.tokenizer = AutoTokenizer.from_pretrained(self.ppo.model_path)
+            self.tokenizer = load_tokenizer(self.ppo.model_path)
             self.model = RemotePolicy(self, counts)
             logger.info(
                 "LoRA: %d of %d parameters trainable (%.2f%%)",

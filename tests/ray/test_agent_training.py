@@ -56,7 +56,9 @@ def test_quick_start_as_written_trains_and_answers_with_the_trained_policy(ray_l
             environment=environment,
             num_episodes=16,
             profile="balanced",
-            config_overrides={**SMALL, "checkpoint.run_dir": str(tmp_path / "runs")},
+            # replies of 32 tokens: the random tiny model never ends one, and 256 a turn
+            # (the agent's default) made this test's update 8x longer
+            config_overrides={**SMALL, "max_new_tokens": 32, "checkpoint.run_dir": str(tmp_path / "runs")},
             save_path=str(tmp_path / "my_agent"),
         )
 

@@ -170,3 +170,65 @@ def test_roles_pick_their_attention_kernel_and_both_give_the_same_log_probs(tiny
         for attention in ("sdpa", "eager")
     }
     assert by_kernel["eager"] == pytest.approx(by_kernel["sdpa"], abs=1e-5)
+
+
+# ---- load_tokenizer: AutoTokenizer's result without its torch import ------------------
+SAMPLE = [
+    {"role": "system", "content": "Answer with a number."},
+    {"role": "user", "content": "What is 12 + 30?  Ünïcode, tabs\tand\nlines."},
+    {"role": "assistant", "content": "42"},
+    {"role": "user", "content": "And 7 x 6?"},
+]
+
+
+@pytest.mark.parametrize("which", ["default", "tiny"])
+def test_load_tokenizer_gives_what_auto_tokenizer_gives(default_model, tiny_model, which):
+    from transformers import AutoTokenizer
+
+    from rayrl.agent.chat_tokens import load_tokenizer
+
+    path = default_model if which == "default" else tiny_model
+    fast, auto = load_tokenizer(path), AutoTokenizer.from_pretrained(path)
+    assert type(fast) is type(auto)
+    text = auto.apply_chat_template(SAMPLE, add_generation_prompt=True, tokenize=False)
+    assert fast.apply_chat_template(SAMPLE, add_generation_prompt=True, tokenize=False) == text
+    assert fast(text)["input_ids"] == auto(text)["input_ids"]
+    assert fast.encode(text, add_special_tokens=False) == auto.encode(text, add_special_tokens=False)
+    for name in ("eos_token_id", "bos_token_id", "pad_token_id", "all_special_ids", "padding_side"):
+        assert getattr(fast, name) == getattr(auto, name), name
+    assert len(fast) == len(auto)
+
+
+def test_the_generic_model_types_get_no_per_type_correction_in_auto_tokenizer():
+    """Guards `GENERIC_TOKENIZER_MODEL_TYPES` against a transformers upgrade: AutoTokenizer
+    swaps a folder's generic class only for the types in these tables."""
+    from transformers.models.auto import tokenization_auto as auto
+
+    from rayrl.agent.chat_tokens import GENERIC_TOKENIZER_MODEL_TYPES
+
+    for model_type in GENERIC_TOKENIZER_MODEL_TYPES:
+        assert model_type not in auto.MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS
+        assert "Mistral" not in (auto.TOKENIZER_MAPPING_NAMES.get(model_type) or "")
+
+
+def test_load_tokenizer_leaves_torch_unimported_and_falls_back_to_auto_tokenizer(default_model, tmp_path):
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from rayrl.agent.chat_tokens import load_tokenizer; "
+        f"t = load_tokenizer({default_model!r}); print(type(t).__name__, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["TokenizersBackend", "False"]
+
+    # a folder that names another class goes through AutoTokenizer, which honours it
+    other = tmp_path / "other"
+    shutil.copytree(default_model, other, ignore=shutil.ignore_patterns("*.safetensors"))
+    settings = json.loads((other / "tokenizer_config.json").read_text())
+    (other / "tokenizer_config.json").write_text(json.dumps({**settings, "tokenizer_class": "GPT2Tokenizer"}))
+    from rayrl.agent.chat_tokens import load_tokenizer
+
+    assert type(load_tokenizer(other)).__name__ == "GPT2Tokenizer"

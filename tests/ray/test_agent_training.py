@@ -1,6 +1,6 @@
 """`train()` on real actors with the tiny model: the user guide's quick start as written
-(model name replaced), a ToolAgent's tools in training, AutoTrainer with a health
-monitor, and bad input that must fail early or be counted."""
+(model name replaced), AutoTrainer training a ToolAgent (its tools in training) under a
+health monitor, and bad input that must fail early or be counted."""
 
 import asyncio
 import json
@@ -87,7 +87,15 @@ def test_quick_start_as_written_trains_and_answers_with_the_trained_policy(ray_l
     assert all(r["env_errors"] == 0 and r["turns_mean"] == 2 for r in rows)
 
 
-def test_tool_agent_tools_take_part_in_training(ray_local, tiny_model, tmp_path):
+class Raises(Callback):
+    def on_step_end(self, trainer, row):
+        raise ValueError("bug in a user callback")
+
+
+def test_auto_trainer_trains_a_tool_agent_under_a_monitor(ray_local, tiny_model, tmp_path):
+    """The guide's pieces in one run (one trainer start): AutoTrainer with early stopping
+    trains a ToolAgent whose calculator takes part in training, watched by a
+    DiagnosticsMonitor, beside a user callback that raises."""
     calls = []
 
     def calculator_tool(expression):
@@ -103,29 +111,6 @@ def test_tool_agent_tools_take_part_in_training(ray_local, tiny_model, tmp_path)
     ]
     agent = ToolAgent(AgentConfig(model_name=tiny_model, max_new_tokens=16), tools=tools)
     env = ConversationEnvironment(scenarios=[{"id": "m", "user_responses": ["What is 12*13?", "Sure?"]}])
-    asyncio.run(
-        train(
-            agent,
-            env,
-            num_episodes=8,
-            config_overrides={**SMALL, "training.batch_size": 8, "checkpoint.run_dir": str(tmp_path)},
-        )
-    )
-    (row,) = _run_rows(tmp_path)
-    # a random model's replies are answers to the conversation, never tool calls: tool
-    # stats are reported, no parse error is charged to an answer, and the episode ran
-    assert row["env_successful_tool_calls"] == 0 and row["env_parse_errors"] == 0
-    assert row["turns_mean"] == 2 and row["env_errors"] == 0
-
-
-class Raises(Callback):
-    def on_step_end(self, trainer, row):
-        raise ValueError("bug in a user callback")
-
-
-def test_auto_trainer_and_monitor(ray_local, tiny_model, tmp_path):
-    agent = MultiTurnAgent(AgentConfig(model_name=tiny_model, max_new_tokens=16))
-    env = ConversationEnvironment(scenarios=[{"id": "h", "user_responses": ["Hi!", "Thanks!"]}])
     monitor = DiagnosticsMonitor()
     auto_trainer = AutoTrainer(auto_adjust=True, early_stopping=True, patience=1)
     asyncio.run(
@@ -143,6 +128,11 @@ def test_auto_trainer_and_monitor(ray_local, tiny_model, tmp_path):
     rows = _run_rows(tmp_path)
     # patience 1 on a 4-epoch run: early stopping ends it once reward stops improving
     assert 2 <= len(rows) <= 4 and len(monitor.rows if hasattr(monitor, "rows") else rows) == len(rows)
+    # a random model's replies are answers to the conversation, never tool calls: tool
+    # stats are reported, no parse error is charged to an answer, and every episode ran
+    for row in rows:
+        assert row["env_successful_tool_calls"] == 0 and row["env_parse_errors"] == 0
+        assert row["turns_mean"] == 2 and row["env_errors"] == 0
 
 
 def test_bad_input_fails_before_any_actor_starts():

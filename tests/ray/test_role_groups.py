@@ -64,6 +64,9 @@ def train_critic(ray, tiny_model, world: int, training=None, **critic):
     return before, values, metrics, weights
 
 
+ONE_RANK: dict = {}  # the one-rank critic's run, which both strategies compare with
+
+
 @pytest.mark.parametrize(
     "strategy",
     [{"strategy": "torch"}, {"strategy": "deepspeed", "zero_stage": 3}],
@@ -73,9 +76,9 @@ def test_two_critic_ranks_match_one_rank(ray_local, tiny_model, strategy):
     # micro-batches of 3: the value blocks of 4 and 3 rows take 2 and 1 passes, so under
     # ZeRO-3 (a collective forward) rank 1 must add a pass
     schedule = {"ppo_epochs": 1, "num_mini_batches": 2}
-    before, one_values, one_metrics, (one,) = train_critic(
-        ray_local, tiny_model, 1, schedule, micro_batch_size=3
-    )
+    if "one_rank" not in ONE_RANK:  # the same for both strategies: trained once per session
+        ONE_RANK["one_rank"] = train_critic(ray_local, tiny_model, 1, schedule, micro_batch_size=3)
+    before, one_values, one_metrics, (one,) = ONE_RANK["one_rank"]
     _, two_values, two_metrics, (rank0, rank1) = train_critic(
         ray_local, tiny_model, 2, schedule, micro_batch_size=3, **strategy
     )

@@ -170,7 +170,8 @@ def test_cleanup_left_ray_running_for_the_caller(finished_run, ray_local):
     assert trainer.engines == [] and trainer.learner is None
 
 
-@pytest.mark.slow  # the default run kills an engine's vLLM core mid-step in tests/ray/test_resume.py
+@pytest.mark.slow  # with test_resume.py (slow, kills every role mid-step); the default run kills
+# an engine past the restart limit in the next test
 def test_a_killed_engine_is_replaced_and_its_episodes_rerun(ray_local, tiny_model, tmp_path):
     config = tiny_config(
         tiny_model,

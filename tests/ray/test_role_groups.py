@@ -1,5 +1,7 @@
 """Reference and critic groups of several ranks on CPU: N ranks equal one rank."""
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -64,7 +66,13 @@ def train_critic(ray, tiny_model, world: int, training=None, **critic):
     return before, values, metrics, weights
 
 
-ONE_RANK: dict = {}  # the one-rank critic's run, which both strategies compare with
+@functools.cache
+def one_rank_critic(ray, tiny_model: str, micro_batch_size: int):
+    """The one-rank critic's run that both strategies compare with, trained once."""
+    return train_critic(ray, tiny_model, 1, SCHEDULE, micro_batch_size=micro_batch_size)
+
+
+SCHEDULE = {"ppo_epochs": 1, "num_mini_batches": 2}
 
 
 @pytest.mark.parametrize(
@@ -75,12 +83,9 @@ ONE_RANK: dict = {}  # the one-rank critic's run, which both strategies compare 
 def test_two_critic_ranks_match_one_rank(ray_local, tiny_model, strategy):
     # micro-batches of 3: the value blocks of 4 and 3 rows take 2 and 1 passes, so under
     # ZeRO-3 (a collective forward) rank 1 must add a pass
-    schedule = {"ppo_epochs": 1, "num_mini_batches": 2}
-    if "one_rank" not in ONE_RANK:  # the same for both strategies: trained once per session
-        ONE_RANK["one_rank"] = train_critic(ray_local, tiny_model, 1, schedule, micro_batch_size=3)
-    before, one_values, one_metrics, (one,) = ONE_RANK["one_rank"]
+    before, one_values, one_metrics, (one,) = one_rank_critic(ray_local, tiny_model, 3)
     _, two_values, two_metrics, (rank0, rank1) = train_critic(
-        ray_local, tiny_model, 2, schedule, micro_batch_size=3, **strategy
+        ray_local, tiny_model, 2, SCHEDULE, micro_batch_size=3, **strategy
     )
     # values: each rank scored its block, together the whole batch
     assert one_values.shape == (modeling.SequenceBatch(global_batch()).num_tokens,)

@@ -6,8 +6,10 @@ Builds one vLLM engine on the default model in this process, lays the model's we
 out in the buckets the learner sends (checkpoint order, perturbed so that every sync
 changes them), and loads them alternately through vLLM's layer-wise reload and through
 `DirectLoad`. After the first load of each path it checks that the two leave the same
-weights (every GEMM read back through its kernel) and the same log-probs. No Ray, no wire:
-the engine's side of a sync on its own. Prints a table.
+weights (every GEMM read back through its kernel) and the same log-probs. Then, where the
+CPU has AMX, it switches the GEMM layers to the kernel that reads blocked weights
+(`inference.blocked_sync`) and loads buckets laid out that way. No Ray, no wire: the
+engine's side of a sync on its own. Prints a table.
 """
 
 from __future__ import annotations
@@ -34,7 +36,13 @@ def main() -> None:
     from vllm.inputs import TokensPrompt
 
     from rayrl import weight_sync
-    from rayrl.actors.vllm_ext import DirectLoad, LayerwiseLoad, _gemm_weights, _shared_parameters
+    from rayrl.actors.vllm_ext import (
+        DirectLoad,
+        LayerwiseLoad,
+        WeightSyncExtension,
+        _gemm_weights,
+        _shared_parameters,
+    )
     from rayrl.hardware import resolve_dtype
     from rayrl.model_store import resolve_model
 
@@ -63,17 +71,20 @@ def main() -> None:
             )
         return out
 
-    def buckets(weights: dict):
+    def buckets(weights: dict, spec: list):
         for bucket in weight_sync.plan_buckets(spec):
             flat = torch.cat([weights[spec[i].name].reshape(-1) for i in bucket]).to(device)
             views, offset = [], 0
             for i in bucket:
-                views.append((spec[i].name, flat[offset : offset + spec[i].numel].view(spec[i].shape)))
+                part = flat[offset : offset + spec[i].numel]
+                if spec[i].layout == weight_sync.BLOCKED:
+                    weight_sync.to_blocked(part.view(spec[i].shape).clone(), part)
+                views.append((spec[i].name, part.view(spec[i].shape)))
                 offset += spec[i].numel
             yield views
 
-    def load(loader, weights: dict) -> float:
-        staged = list(buckets(weights))  # as received: the timing is the engine's load alone
+    def load(loader, weights: dict, spec: list = spec) -> float:
+        staged = list(buckets(weights, spec))  # as received: the timing is the engine's load alone
         t = time.perf_counter()
         with torch.no_grad():
             for bucket in staged:
@@ -95,17 +106,30 @@ def main() -> None:
     if plan is None:
         raise SystemExit("the direct path does not apply to this model")
     weights = perturbed(0.05)
-    load(LayerwiseLoad(worker), weights)
+    load(LayerwiseLoad(worker, spec), weights)
     general = (prompt_logprobs(), {k: v.clone() for k, v in _gemm_weights(model, set(order)).items()})
-    load(plan.start(), weights)
+    load(plan.start(spec), weights)
     direct = (prompt_logprobs(), _gemm_weights(model, set(order)))
     same_logprobs = torch.equal(general[0], direct[0])
     same_gemms = all(torch.equal(general[1][k], direct[1][k]) for k in general[1])
 
     times: dict[str, list[float]] = {"layer-wise (vLLM's general reload)": [], "direct": []}
     for _ in range(args.repeats):
-        times["layer-wise (vLLM's general reload)"].append(load(LayerwiseLoad(worker), weights))
-        times["direct"].append(load(plan.start(), weights))
+        times["layer-wise (vLLM's general reload)"].append(load(LayerwiseLoad(worker, spec), weights))
+        times["direct"].append(load(plan.start(spec), weights))
+    blocked = weight_sync.with_blocked(
+        spec, [WeightSyncExtension.rayrl_blocked_weights(worker, weight_sync.to_wire(spec))]
+    )
+    blocked_rows = []
+    if any(t.layout == weight_sync.BLOCKED for t in blocked):
+        name = "direct, GEMMs on the AMX kernel, sent blocked"
+        times[name] = [load(plan.start(blocked), weights, blocked) for _ in range(args.repeats)]
+        gap = (prompt_logprobs() - direct[0]).abs().max().item()
+        same = all(torch.equal(direct[1][k], v) for k, v in _gemm_weights(model, set(order)).items())
+        blocked_rows = [
+            ("blocked: same GEMM weights as direct", str(same)),
+            ("blocked: log-prob gap to direct (other kernel), max", f"{gap:.4f}"),
+        ]
     size = sum(t.numel for t in spec) * weight_sync.torch_dtype(dtype).itemsize
     rows = [("weights", f"{size / 1e6:.0f} MB, {dtype}, {device}, {torch.get_num_threads()} threads")]
     for name, runs in times.items():
@@ -114,7 +138,7 @@ def main() -> None:
             (f"load, {name} (s, median of {args.repeats})", f"{med:.3f} ({size / med / 1e9:.2f} GB/s)")
         )
     rows.append(("same log-probs and GEMM weights after either", str(same_logprobs and same_gemms)))
-    print_table(rows)
+    print_table(rows + blocked_rows)
 
 
 if __name__ == "__main__":

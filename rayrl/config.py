@@ -74,6 +74,12 @@ class InferenceConfig(_Section):
     """Deadline of one weight sync (every send, receive and load, and each collective of
     the sync group): past it the step fails, naming the engine that did not answer."""
 
+    blocked_sync: bool = True
+    """On CPUs with AMX, run the engines' 16-bit GEMM layers on vLLM's AMX kernel and send
+    their weights in its blocked layout, so that an engine computes from the received
+    buffer instead of repacking every layer after a sync. False: vLLM's own kernel choice
+    and row-major weights. Elsewhere (GPU, no AMX) it changes nothing."""
+
     max_tokens: int = Field(32, ge=1)
     """Maximum new tokens per assistant turn."""
 

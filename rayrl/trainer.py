@@ -50,7 +50,7 @@ from rayrl.placement import Role
 from rayrl.recovery import Recovery
 from rayrl.tracking import RunDirectory
 from rayrl.training.callbacks import Callback, CallbackList, StopAtReward
-from rayrl.weight_sync import DEFAULT_BUCKET_BYTES, sync_engines
+from rayrl.weight_sync import DEFAULT_BUCKET_BYTES, agree_layouts, sync_engines
 
 logger = logging.getLogger(__name__)
 
@@ -295,6 +295,8 @@ class RayPPOTrainer:
         ray.get(starts)
         if self.learner is not None and (Role.ROLLOUT in roles or Role.LEARNER in roles):
             self.spec = ray.get(self.learner.weight_spec.remote())
+            if self.config.inference.blocked_sync:  # the engines' kernels read what arrives
+                self.spec = agree_layouts(self.engines, self.spec)
             self.join_weight_sync()
         ray.get(waits)
 

@@ -10,6 +10,11 @@ while 32 MB buckets reach memory-copy speed territory (3.2 GB/s measured between
 derive the same bucket layout from the same `WeightSpec`, so only a version number
 crosses Ray at sync time. Sending is double-buffered: the next bucket is packed
 while the previous one is on the wire.
+
+A GEMM weight can travel in the layout the engine's kernel computes from (`BLOCKED`,
+below) instead of row-major, when every engine asks for it (`with_blocked`): the learner
+then reorders it while casting it into the bucket, and the engine computes straight from
+the received buffer instead of repacking each layer after every sync.
 """
 
 from __future__ import annotations
@@ -25,6 +30,13 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torc
 
 DEFAULT_BUCKET_BYTES = 32 * 1024 * 1024
 
+PLAIN = "plain"
+BLOCKED = "blocked"
+"""A [N, K] weight of a 16-bit dtype as vLLM-CPU's AMX GEMM kernel (`weight_packed_linear`)
+reads it: rows in blocks of `BLOCK_ROWS`, each block stored as [K/2, BLOCK_ROWS, 2] (pairs
+of adjacent input columns next to each other, for the VNNI dot-product instructions)."""
+BLOCK_ROWS = 32
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -33,6 +45,7 @@ class TensorSpec:
     name: str
     shape: tuple[int, ...]
     dtype: str
+    layout: str = PLAIN
 
     @property
     def numel(self) -> int:
@@ -47,7 +60,7 @@ WeightSpec = list[TensorSpec]
 
 def to_wire(spec: WeightSpec) -> list[list]:
     """Plain lists for crossing process boundaries (vLLM's RPC turns dataclasses into dicts)."""
-    return [[t.name, list(t.shape), t.dtype] for t in spec]
+    return [[t.name, list(t.shape), t.dtype, t.layout] for t in spec]
 
 
 def from_wire(wire) -> WeightSpec:
@@ -57,11 +70,64 @@ def from_wire(wire) -> WeightSpec:
         if isinstance(item, TensorSpec):
             out.append(item)
         elif isinstance(item, dict):
-            out.append(TensorSpec(item["name"], tuple(item["shape"]), item["dtype"]))
+            out.append(
+                TensorSpec(item["name"], tuple(item["shape"]), item["dtype"], item.get("layout", PLAIN))
+            )
         else:
-            name, shape, dtype = item
-            out.append(TensorSpec(name, tuple(shape), dtype))
+            name, shape, dtype, *layout = item
+            out.append(TensorSpec(name, tuple(shape), dtype, *layout))
     return out
+
+
+def blockable(shape: tuple[int, ...], dtype: str) -> bool:
+    """Whether a weight of this shape and wire dtype can travel `BLOCKED`."""
+    return (
+        len(shape) == 2
+        and torch_dtype(dtype).itemsize == 2
+        and shape[0] % BLOCK_ROWS == 0
+        and shape[1] % 2 == 0
+    )
+
+
+def with_blocked(spec: WeightSpec, accepted: Iterable[Iterable[str]]) -> WeightSpec:
+    """`spec` with the weights every engine worker accepts (`accepted`: one collection of
+    names per worker) marked `BLOCKED`, the others `PLAIN`. No worker: all plain."""
+    sets = [set(a) for a in accepted]
+    common = set.intersection(*sets) if sets else set()
+    return [
+        TensorSpec(
+            t.name, t.shape, t.dtype, BLOCKED if t.name in common and blockable(t.shape, t.dtype) else PLAIN
+        )
+        for t in spec
+    ]
+
+
+def agree_layouts(engines: list, spec: WeightSpec) -> WeightSpec:
+    """`spec` with the layouts every worker of every engine (rollout actors) takes: each
+    engine switches the layers it can to the kernel that reads `BLOCKED` weights."""
+    import ray
+
+    per_engine = ray.get([e.blocked_weights.remote(spec) for e in engines])
+    return with_blocked(spec, [names for workers in per_engine for names in workers])
+
+
+def to_blocked(weight: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Write `weight` ([N, K], any dtype) into `out` (N*K elements of a 16-bit dtype) in the
+    `BLOCKED` layout, casting on the way; returns `out` viewed [N, K]."""
+    n, k = weight.shape
+    row_major = weight.to(out.dtype).contiguous()
+    # a pair of 16-bit values is one 32-bit word: the layout is then a transpose of words
+    # within each block of rows, which torch copies several times faster than the pairs
+    words = row_major.view(torch.int32).view(n // BLOCK_ROWS, BLOCK_ROWS, k // 2)
+    out.view(torch.int32).view(n // BLOCK_ROWS, k // 2, BLOCK_ROWS).copy_(words.transpose(1, 2))
+    return out.view(n, k)
+
+
+def from_blocked(blocked: torch.Tensor) -> torch.Tensor:
+    """The row-major [N, K] weight of a `BLOCKED` one (a new tensor)."""
+    n, k = blocked.shape
+    words = blocked.contiguous().view(torch.int32).view(n // BLOCK_ROWS, k // 2, BLOCK_ROWS)
+    return words.transpose(1, 2).contiguous().view(blocked.dtype).view(n, k)
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -116,15 +182,27 @@ def module_parent(name: str) -> str:
 
 def fingerprint(named_tensors: Iterable[tuple[str, torch.Tensor]], names: list[str], dtype: str) -> dict:
     """Exact checksums of the named tensors as `dtype` holds them: the integer sum of their
-    bit patterns (order-free, so equal on both sides whatever their threads, and additive:
-    a fused tensor's checksum is the sum of its parts')."""
+    bit patterns (order-free, so equal on both sides whatever their threads and whichever
+    layout a weight travels or is kept in, and additive: a fused tensor's checksum is the
+    sum of its parts')."""
     wanted, out = set(names), {}
-    as_int = {2: torch.int16, 4: torch.int32}
     for name, tensor in named_tensors:
         if name in wanted:
-            t = tensor.detach().to(torch_dtype(dtype)).contiguous()
-            out[name] = int(t.view(as_int[t.element_size()]).sum(dtype=torch.int64))
+            out[name] = checksum(tensor.detach().to(torch_dtype(dtype)))
     return out
+
+
+def checksum(t: torch.Tensor) -> int:
+    """The integer sum of `t`'s bit patterns (signed 16- or 32-bit words)."""
+    words = t.contiguous().view(-1).view({2: torch.int16, 4: torch.int32}[t.element_size()])
+    if t.element_size() != 2:
+        return int(words.sum(dtype=torch.int64))
+    # 16-bit words summed 2^15 at a time fit an int32 exactly, which torch sums about
+    # twice as fast as int16 into int64
+    chunk = 1 << 15
+    whole = words.numel() - words.numel() % chunk
+    head = words[:whole].view(-1, chunk).sum(dim=1, dtype=torch.int32).sum(dtype=torch.int64)
+    return int(head) + int(words[whole:].sum(dtype=torch.int64))
 
 
 def expected_fingerprint(sent: dict, key: str) -> int | None:
@@ -169,30 +247,53 @@ def send_weights(
     spec: WeightSpec,
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     device: torch.device | str = "cpu",
+    buffers: dict | None = None,
+    checksums: dict | None = None,
 ) -> int:
     """Broadcast tensors (rank 0) in the bucket layout of `spec`; returns bytes sent.
 
     Args:
         group: the process group from `init_group`.
         named_tensors: (name, tensor) in the same order as `spec`.
-        spec: what the receivers expect (names, shapes, wire dtypes).
+        spec: what the receivers expect (names, shapes, wire dtypes, layouts).
         bucket_bytes: bucket size; must match the receivers'.
         device: where the flat buffers live (the communication device).
+        buffers: kept by the caller between sends: the flat buffers are allocated once
+            and refilled (allocating them anew costs as much as filling them, on CPU).
+        checksums: `name: None` for the weights to fingerprint; each gets the `checksum`
+            of what was sent, taken while the next bucket is on the wire.
     """
     tensors = [t for _, t in named_tensors]
     if len(tensors) != len(spec):
         raise ValueError(f"sending {len(tensors)} tensors but the spec lists {len(spec)}")
+    buffers = {} if buffers is None else buffers
     sent = 0
     pending = None  # (work, buffer) of the bucket on the wire
-    for bucket in plan_buckets(spec, bucket_bytes):
+    for k, bucket in enumerate(plan_buckets(spec, bucket_bytes)):
         dtype = torch_dtype(spec[bucket[0]].dtype)
-        flat = torch.empty(sum(spec[i].numel for i in bucket), dtype=dtype, device=device)
+        numel = sum(spec[i].numel for i in bucket)
+        flat = buffers.get(k)
+        if (
+            flat is None
+            or flat.numel() != numel
+            or flat.dtype != dtype
+            or flat.device != torch.device(device)
+        ):
+            flat = buffers[k] = torch.empty(numel, dtype=dtype, device=device)
         offset = 0
         for i in bucket:
             n = spec[i].numel
-            flat[offset : offset + n].view(spec[i].shape).copy_(tensors[i].detach())
+            if spec[i].layout == BLOCKED:
+                to_blocked(tensors[i].detach(), flat[offset : offset + n])
+            else:
+                flat[offset : offset + n].view(spec[i].shape).copy_(tensors[i].detach())
             offset += n
         work = group.broadcast(flat, 0)
+        offset = 0
+        for i in bucket:
+            if checksums is not None and spec[i].name in checksums:
+                checksums[spec[i].name] = checksum(flat[offset : offset + spec[i].numel])
+            offset += spec[i].numel
         if pending is not None:
             pending[0].wait()
         pending = (work, flat)
@@ -207,24 +308,36 @@ def receive_buckets(
     spec: WeightSpec,
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     device: torch.device | str = "cpu",
+    buffers: dict | None = None,
 ) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """Receive the broadcast of `send_weights`, one bucket's (name, tensor) list at a time.
 
     The next bucket's receive is posted before the current one is handed out, so
-    loading overlaps the transfer.
+    loading overlaps the transfer. `buffers`, kept by the caller, holds the flat buffers
+    to receive into again next time (see `send_weights`); only a caller that is done
+    with every tensor of the previous receive may pass the same dict again.
     """
     layout = plan_buckets(spec, bucket_bytes)
+    buffers = {} if buffers is None else buffers
 
-    def post(bucket):
+    def post(k, bucket):
         dtype = torch_dtype(spec[bucket[0]].dtype)
-        flat = torch.empty(sum(spec[i].numel for i in bucket), dtype=dtype, device=device)
+        numel = sum(spec[i].numel for i in bucket)
+        flat = buffers.get(k)
+        if (
+            flat is None
+            or flat.numel() != numel
+            or flat.dtype != dtype
+            or flat.device != torch.device(device)
+        ):
+            flat = buffers[k] = torch.empty(numel, dtype=dtype, device=device)
         return flat, group.broadcast(flat, 0)
 
-    pending = post(layout[0]) if layout else None
+    pending = post(0, layout[0]) if layout else None
     for k, bucket in enumerate(layout):
         flat, work = pending
         work.wait()
-        pending = post(layout[k + 1]) if k + 1 < len(layout) else None
+        pending = post(k + 1, layout[k + 1]) if k + 1 < len(layout) else None
         views, offset = [], 0
         for i in bucket:
             n = spec[i].numel
@@ -264,7 +377,7 @@ def sync_engines(
 
     start = time.perf_counter()
     receives = [e.receive_weights.remote(spec, bucket_bytes, version) for e in engines]
-    sends = [r.broadcast_weights.remote(bucket_bytes, version) for r in learners]
+    sends = [r.broadcast_weights.remote(bucket_bytes, version, spec) for r in learners]
     names = {
         **{s: f"learner rank {i}" for i, s in enumerate(sends)},
         **{r: f"engine {i}" for i, r in enumerate(receives)},

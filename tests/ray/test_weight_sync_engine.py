@@ -34,7 +34,7 @@ class SwitchableExtension(WeightSyncExtension):
         self._rayrl_layerwise = on
 
     def _rayrl_loader(self, spec):
-        return LayerwiseLoad(self) if self._rayrl_layerwise else super()._rayrl_loader(spec)
+        return LayerwiseLoad(self, spec) if self._rayrl_layerwise else super()._rayrl_loader(spec)
 
     def rayrl_direct_plan(self, wire_spec) -> bool:
         """Whether the direct loader takes this spec."""
@@ -101,11 +101,11 @@ class StuckEngine:
         await asyncio.sleep(3600)
 
 
-def start_pair(ray, tiny_model, lora_rank=0):
+def start_pair(ray, tiny_model, lora_rank=0, dtype="float32"):
     engine = (
         ray.remote(SwitchableWorker)
         .options(num_cpus=1)
-        .remote(tiny_model, InferenceConfig(dtype="float32", max_model_len=256, kv_cache_gb=1, max_tokens=8))
+        .remote(tiny_model, InferenceConfig(dtype=dtype, max_model_len=256, kv_cache_gb=1, max_tokens=8))
     )
     started = engine.start.remote()
     learner = (
@@ -115,7 +115,7 @@ def start_pair(ray, tiny_model, lora_rank=0):
             tiny_model,
             TrainingConfig(learning_rate=1e-2, kl_coef=0.0),
             LearnerConfig(autocast_dtype="float32", lora_rank=lora_rank, lora_alpha=64.0),
-            "float32",
+            dtype,
         )
     )
     ray.get(started)
@@ -263,6 +263,42 @@ def test_both_loading_paths_place_every_weight_exactly(pair):
             ray.get(learner.sequence_logprobs.remote(seq)),
             atol=2e-3,
         )
+
+
+def test_a_bf16_engine_computes_from_the_blocked_weights_it_receives(ray_local, tiny_model):
+    """On a CPU with AMX a 16-bit engine takes every GEMM weight in its kernel's blocked
+    layout: the learner sends them so and the engine keeps the received buffers as they
+    are (nothing repacked but the LM head, which shares the row-major embedding). Every
+    weight is bit-equal afterwards, log-probs follow the learner's, and a learner that
+    sends row-major anyway (an engine without AMX in the same group) is blocked on arrival."""
+    ray = ray_local
+    engine, learner = start_pair(ray, tiny_model, dtype="bfloat16")
+    try:
+        spec = ray.get(learner.weight_spec.remote())
+        seq = list(range(100, 140))
+        before = np.array(ray.get(engine.prompt_logprobs.remote(seq)))
+        agreed = weight_sync.agree_layouts([engine], spec)
+        blocked = [t.name for t in agreed if t.layout == weight_sync.BLOCKED]
+        if not blocked:
+            pytest.skip("this CPU or vLLM build has no AMX GEMM kernel: every weight travels row-major")
+        assert blocked == [t.name for t in spec if t.name.endswith("_proj.weight")]
+        # switching kernels changes the products' rounding only
+        switched = np.array(ray.get(engine.prompt_logprobs.remote(seq)))
+        np.testing.assert_allclose(switched, before, atol=0.05)
+
+        version = 0
+        for layouts in (agreed, spec):  # the agreed layouts, then all row-major
+            one_update(ray, learner)
+            version += 1
+            synced = sync_engines([learner], [engine], layouts, version, 1 << 20, 60.0)
+            assert synced["engine_path"] == "direct"
+            assert_engine_holds_every_weight_sent(ray, engine, learner)
+            engine_lp = np.array(ray.get(engine.prompt_logprobs.remote(seq)))
+            learner_lp = np.array(ray.get(learner.sequence_logprobs.remote(seq)))
+            assert np.abs(engine_lp - learner_lp).mean() < 0.03, version
+            assert np.abs(engine_lp - before).mean() > 0.1  # it serves the updated policy
+    finally:
+        stop_pair(ray, engine, learner)
 
 
 def test_the_direct_path_declines_what_it_cannot_place(pair):

@@ -20,6 +20,54 @@ def test_plan_buckets_respects_size_and_dtype():
     assert from_wire(to_wire(spec)) == spec
 
 
+def test_the_blocked_layout_puts_column_pairs_of_32_row_blocks_side_by_side():
+    """`BLOCKED` element by element: entry (r, c) of rows block b sits at
+    [b, c // 2, r % 32, c % 2] of a [N/32, K/2, 32, 2] array."""
+    torch.manual_seed(0)
+    w = torch.randn(96, 10)
+    blocked = weight_sync.to_blocked(w, torch.empty(96 * 10, dtype=torch.bfloat16))
+    grid = blocked.reshape(3, 5, 32, 2)
+    for r, c in [(0, 0), (0, 1), (1, 0), (31, 9), (32, 0), (45, 7), (95, 9)]:
+        assert grid[r // 32, c // 2, r % 32, c % 2] == w[r, c].to(torch.bfloat16)
+    assert torch.equal(weight_sync.from_blocked(blocked), w.to(torch.bfloat16))
+    # parts that are whole blocks, blocked one by one and laid back to back, are the
+    # blocked layout of the fused weight (q, k, v into vLLM's qkv_proj)
+    q, k, v = torch.randn(64, 10), torch.randn(32, 10), torch.randn(32, 10)
+    parts = [weight_sync.to_blocked(t, torch.empty(t.numel(), dtype=torch.bfloat16)) for t in (q, k, v)]
+    fused = weight_sync.to_blocked(torch.cat([q, k, v]), torch.empty(128 * 10, dtype=torch.bfloat16))
+    assert torch.equal(torch.cat(parts), fused)
+
+
+def test_weights_travel_blocked_only_where_every_engine_worker_takes_them():
+    spec = [
+        TensorSpec("a.weight", (64, 8), "bfloat16"),
+        TensorSpec("b.weight", (64, 8), "bfloat16"),
+        TensorSpec("c.weight", (48, 8), "bfloat16"),  # not whole 32-row blocks
+        TensorSpec("d.weight", (64, 8), "float32"),  # the kernel reads 16-bit weights
+        TensorSpec("norm.weight", (8,), "bfloat16"),
+    ]
+    agreed = weight_sync.with_blocked(spec, [{"a.weight", "b.weight", "c.weight", "d.weight"}, {"a.weight"}])
+    assert [t.layout for t in agreed] == ["blocked", "plain", "plain", "plain", "plain"]
+    assert [t.layout for t in weight_sync.with_blocked(spec, [])] == ["plain"] * 5
+    assert from_wire(to_wire(agreed)) == agreed
+    assert from_wire([["x", [2], "bfloat16"]]) == [TensorSpec("x", (2,), "bfloat16", "plain")]
+
+
+def test_the_blocked_layout_is_the_one_vllms_amx_kernel_packs():
+    """Checked against the engine's own packing where vLLM-CPU built it (the engine also
+    checks this before it switches a layer, see `vllm_ext.use_blocked_kernel`)."""
+    import pytest
+
+    ops = pytest.importorskip("vllm._custom_ops")
+    if not hasattr(torch.ops._C, "convert_weight_packed"):
+        pytest.skip(f"this vLLM build ({ops.__name__}) has no AMX GEMM kernel")
+    torch.manual_seed(0)
+    for n, k in [(960, 576), (576, 1536), (64, 64)]:
+        w = torch.randn(n, k).to(torch.bfloat16)
+        mine = weight_sync.to_blocked(w, torch.empty(n * k, dtype=torch.bfloat16))
+        assert torch.equal(mine, torch.ops._C.convert_weight_packed(w)), (n, k)
+
+
 def _receiver(port, spec_wire, queue):
     group = weight_sync.init_group("127.0.0.1", port, 1, 2, "gloo", timeout_s=60)
     got = {}
@@ -31,8 +79,14 @@ def _receiver(port, spec_wire, queue):
 
 def test_send_receive_across_processes():
     torch.manual_seed(0)
-    named = [("w1", torch.randn(3, 4)), ("w2", torch.randn(7)), ("w3", torch.randn(2, 2))]
+    named = [
+        ("w1", torch.randn(3, 4)),
+        ("w2", torch.randn(7)),
+        ("w3", torch.randn(2, 2)),
+        ("w4", torch.randn(32, 4)),
+    ]
     spec = [TensorSpec(n, tuple(t.shape), "bfloat16") for n, t in named]
+    spec[3] = TensorSpec("w4", (32, 4), "bfloat16", weight_sync.BLOCKED)  # arrives in the kernel's layout
     port = weight_sync.free_port()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -45,8 +99,10 @@ def test_send_receive_across_processes():
     assert proc.exitcode == 0
     assert sent == sum(t.numel() for _, t in named) * 2  # bf16 on the wire
     for name, t in named:
-        expected = t.to(torch.bfloat16).float()
-        assert torch.equal(torch.tensor(got[name]).float(), expected), name
+        expected = t.to(torch.bfloat16)
+        if name == "w4":
+            expected = weight_sync.to_blocked(t, torch.empty(t.numel(), dtype=torch.bfloat16))
+        assert torch.equal(torch.tensor(got[name]).float(), expected.float()), name
 
 
 def test_a_fused_tensor_is_checked_against_the_sum_of_its_parts():

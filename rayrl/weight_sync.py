@@ -19,6 +19,7 @@ the received buffer instead of repacking each layer after every sync.
 
 from __future__ import annotations
 
+import secrets
 import socket
 import time
 from collections.abc import Iterable, Iterator
@@ -215,10 +216,29 @@ def expected_fingerprint(sent: dict, key: str) -> int | None:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on `host` right now (the group's rendezvous port)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port free on `host` right now (a group's rendezvous port, bound moments later by
+    rank 0). It is drawn from below the kernel's ephemeral range (and above Ray's worker
+    ports, 10002-19999 by default): a port the kernel hands out could be taken in between
+    by any outgoing connection, which many Ray processes open while roles start."""
+    low = _ephemeral_low()
+    for _ in range(64):
+        port = 20000 + secrets.randbelow(low - 20000) if low > 20000 else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError(f"no free TCP port found on {host}")
+
+
+def _ephemeral_low() -> int:
+    """First port of the kernel's ephemeral range (Linux; 32768 where it cannot be read)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def init_group(host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float = 300.0):
@@ -270,16 +290,7 @@ def send_weights(
     sent = 0
     pending = None  # (work, buffer) of the bucket on the wire
     for k, bucket in enumerate(plan_buckets(spec, bucket_bytes)):
-        dtype = torch_dtype(spec[bucket[0]].dtype)
-        numel = sum(spec[i].numel for i in bucket)
-        flat = buffers.get(k)
-        if (
-            flat is None
-            or flat.numel() != numel
-            or flat.dtype != dtype
-            or flat.device != torch.device(device)
-        ):
-            flat = buffers[k] = torch.empty(numel, dtype=dtype, device=device)
+        flat = _bucket_buffer(buffers, k, spec, bucket, device)
         offset = 0
         for i in bucket:
             n = spec[i].numel
@@ -303,6 +314,16 @@ def send_weights(
     return sent
 
 
+def _bucket_buffer(buffers: dict, k: int, spec: WeightSpec, bucket: list[int], device) -> torch.Tensor:
+    """The flat buffer of bucket `k`: the one kept in `buffers` if it still fits, else a new one."""
+    dtype = torch_dtype(spec[bucket[0]].dtype)
+    numel = sum(spec[i].numel for i in bucket)
+    flat = buffers.get(k)
+    if flat is None or flat.numel() != numel or flat.dtype != dtype or flat.device != torch.device(device):
+        flat = buffers[k] = torch.empty(numel, dtype=dtype, device=device)
+    return flat
+
+
 def receive_buckets(
     group,
     spec: WeightSpec,
@@ -321,16 +342,7 @@ def receive_buckets(
     buffers = {} if buffers is None else buffers
 
     def post(k, bucket):
-        dtype = torch_dtype(spec[bucket[0]].dtype)
-        numel = sum(spec[i].numel for i in bucket)
-        flat = buffers.get(k)
-        if (
-            flat is None
-            or flat.numel() != numel
-            or flat.dtype != dtype
-            or flat.device != torch.device(device)
-        ):
-            flat = buffers[k] = torch.empty(numel, dtype=dtype, device=device)
+        flat = _bucket_buffer(buffers, k, spec, bucket, device)
         return flat, group.broadcast(flat, 0)
 
     pending = post(0, layout[0]) if layout else None

@@ -68,6 +68,18 @@ def test_the_blocked_layout_is_the_one_vllms_amx_kernel_packs():
         assert torch.equal(mine, torch.ops._C.convert_weight_packed(w)), (n, k)
 
 
+def test_rendezvous_ports_come_from_outside_the_kernels_ephemeral_range():
+    """A port from the ephemeral range can be taken by any outgoing connection between the
+    draw and rank 0's bind (a run failed so with EADDRINUSE); these are not handed out."""
+    import socket
+
+    low = weight_sync._ephemeral_low()
+    ports = {weight_sync.free_port() for _ in range(20)}
+    assert all(20000 <= p < low for p in ports) and len(ports) > 1
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports.pop()))  # free indeed
+
+
 def _receiver(port, spec_wire, queue):
     group = weight_sync.init_group("127.0.0.1", port, 1, 2, "gloo", timeout_s=60)
     got = {}

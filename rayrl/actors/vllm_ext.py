@@ -56,9 +56,8 @@ class WeightSyncExtension:
         """Names in `wire_spec` this worker takes `BLOCKED` (see `use_blocked_kernel`); the
         layers they belong to compute with the blocked kernel from now on. Empty where the
         direct loader does not apply to the spec or the kernel is not there."""
-        model = self.model_runner.model
         spec = weight_sync.from_wire(wire_spec)
-        plan = DirectLoad.plan(model, spec) if blocked_kernel_available() else None
+        plan = self._rayrl_direct_plan(spec) if blocked_kernel_available() else None
         if plan is None:
             return []
         dtypes = {t.name: t.dtype for t in spec}
@@ -131,14 +130,18 @@ class WeightSyncExtension:
             sets.reverse()
         return sets[0]
 
-    def _rayrl_loader(self, spec: weight_sync.WeightSpec):
-        """The direct loader where it applies to `spec` (planned once per spec), else
-        vLLM's layer-wise reload."""
+    def _rayrl_direct_plan(self, spec: weight_sync.WeightSpec) -> DirectLoad | None:
+        """`DirectLoad.plan` for `spec`'s weights, planned once per spec (layouts aside)."""
         key = tuple((t.name, t.shape) for t in spec)
         if getattr(self, "_rayrl_plan_key", None) != key:
             self._rayrl_plan_key = key
             self._rayrl_plan = DirectLoad.plan(self.model_runner.model, spec)
-        return self._rayrl_plan.start(spec) if self._rayrl_plan else LayerwiseLoad(self, spec)
+        return self._rayrl_plan
+
+    def _rayrl_loader(self, spec: weight_sync.WeightSpec):
+        """The direct loader where it applies to `spec`, else vLLM's layer-wise reload."""
+        plan = self._rayrl_direct_plan(spec)
+        return plan.start(spec) if plan else LayerwiseLoad(self, spec)
 
 
 class LayerwiseLoad:
@@ -164,8 +167,9 @@ class LayerwiseLoad:
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
         finalize_layerwise_reload(self.model, self.worker.model_runner.model_config)
-        for layer in self.model.modules():  # every layer is back on vLLM's own kernel
-            layer.__dict__.pop("_rayrl_blocked", None)
+        # every layer is back on vLLM's own kernel (a kept weight's shared blocked copy too)
+        for holder in (*self.model.modules(), *self.model.parameters()):
+            holder.__dict__.pop("_rayrl_blocked", None)
         # Layer-wise reload restores a layer that received nothing (the tied LM head)
         # from its old tensors, which unties it; point it at the fresh shared weight
         # again and redo its post-load processing (on CPU that repacks the GEMM weight

@@ -80,6 +80,11 @@ class InferenceConfig(_Section):
     buffer instead of repacking every layer after a sync. False: vLLM's own kernel choice
     and row-major weights. Elsewhere (GPU, no AMX) it changes nothing."""
 
+    shared_memory_sync: bool = True
+    """On CPU, where the learner and every engine share a node, the learner writes each
+    sync's weights into memory the engines map and read them from, instead of sending them
+    through a socket. False, or across nodes, or on GPU: broadcast over the sync group."""
+
     max_tokens: int = Field(32, ge=1)
     """Maximum new tokens per assistant turn."""
 

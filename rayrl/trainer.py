@@ -335,9 +335,10 @@ class RayPPOTrainer:
         host, port = ray.get(self.learner.group_address.remote())
         world = 1 + len(self.engines)
         backend = "nccl" if self.use_gpu else "gloo"
-        timeout = self.config.inference.sync_timeout_s
+        inference = self.config.inference
+        timeout = inference.sync_timeout_s
         ray.get(
-            [self.learner.init_weight_sync.remote(host, port, world, timeout)]
+            [self.learner.init_weight_sync.remote(host, port, world, timeout, inference.shared_memory_sync)]
             + [
                 e.init_weight_sync.remote(host, port, 1 + i, world, backend, timeout)
                 for i, e in enumerate(self.engines)

@@ -109,6 +109,7 @@ class ActorLearner:
         self.rng = np.random.default_rng(training.seed)
         self.version = 0
         self._group = None
+        self._shared = None  # weight_sync.SharedBuckets, where the engines map them
         # the weight-sync buckets, refilled each sync: on CPU a fresh buffer's page faults
         # cost as much as filling it (on GPU the caching allocator already reuses memory)
         self._sync_buffers: dict | None = {} if self.device.type == "cpu" else None
@@ -273,12 +274,18 @@ class ActorLearner:
         """Rendezvous address for a group whose rank 0 is this actor (learner ranks, weight sync)."""
         return rendezvous_address()
 
-    def init_weight_sync(self, host: str, port: int, world_size: int, timeout_s: float = 300.0) -> str:
+    def init_weight_sync(
+        self, host: str, port: int, world_size: int, timeout_s: float = 300.0, shared_memory: bool = True
+    ) -> str:
         """Create the group as rank 0 (blocks until every engine worker joins); a collective
-        of the group that waits longer than `timeout_s` fails."""
+        of the group that waits longer than `timeout_s` fails. With `shared_memory`, on CPU,
+        the weights travel through memory every engine worker maps where all can
+        (`weight_sync.share_memory`). Returns the transport: "gloo", "gloo+shared" or "nccl"."""
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         self._group = weight_sync.init_group(host, port, 0, world_size, backend, timeout_s)
-        return backend
+        offer = self._spec if shared_memory and self.device.type == "cpu" else None
+        self._shared = weight_sync.share_memory(self._group, 0, offer, self.device)
+        return backend + ("+shared" if self._shared is not None else "")
 
     def broadcast_weights(
         self, bucket_bytes: int, version: int, spec: weight_sync.WeightSpec | None = None
@@ -307,11 +314,25 @@ class ActorLearner:
                 weights = [(n, t) for n, t in self.full_weights() if n in sending]
                 prints = dict.fromkeys(weight_sync.fingerprint_names(spec))
                 sent = weight_sync.send_weights(
-                    self._group, weights, spec, bucket_bytes, self.device, self._sync_buffers, prints
+                    self._group,
+                    weights,
+                    spec,
+                    bucket_bytes,
+                    self.device,
+                    self._sync_buffers,
+                    prints,
+                    self._shared,
                 )
         self.version = version
         seconds = time.perf_counter() - t0
-        return {"bytes": sent, "seconds": seconds, "version": self.version, "fingerprint": prints}
+        transport = "shared memory" if self._shared is not None else "broadcast"
+        return {
+            "bytes": sent,
+            "seconds": seconds,
+            "version": self.version,
+            "transport": transport,
+            "fingerprint": prints,
+        }
 
     # ---- checkpoints -----------------------------------------------------
     def save(self, path: str) -> str:

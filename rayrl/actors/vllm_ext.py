@@ -31,9 +31,12 @@ class WeightSyncExtension:
     def rayrl_init_weight_sync(
         self, host: str, port: int, rank_offset: int, world_size: int, backend: str, timeout_s: float = 300.0
     ) -> int:
-        """Join the learner's group as rank `rank_offset + this worker's rank`."""
+        """Join the learner's group as rank `rank_offset + this worker's rank`, and map the
+        learner's shared buckets where it offers them (`weight_sync.share_memory`)."""
         rank = rank_offset + self.rank
         self._rayrl_group = weight_sync.init_group(host, port, rank, world_size, backend, timeout_s)
+        device = next(self.model_runner.model.parameters()).device
+        self._rayrl_shared = weight_sync.share_memory(self._rayrl_group, rank, None, device)
         self._rayrl_aliases = _shared_parameters(self.model_runner.model)
         logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(
             _ExpectedReloadWarnings()
@@ -99,7 +102,12 @@ class WeightSyncExtension:
         t0 = time.perf_counter()
         with torch.no_grad():
             buckets = weight_sync.receive_buckets(
-                self._rayrl_group, spec, bucket_bytes, device, self._rayrl_receive_buffers(spec, device)
+                self._rayrl_group,
+                spec,
+                bucket_bytes,
+                device,
+                self._rayrl_receive_buffers(spec, device),
+                self._rayrl_shared,
             )
             while True:
                 t = time.perf_counter()
@@ -122,8 +130,9 @@ class WeightSyncExtension:
     def _rayrl_receive_buffers(self, spec: weight_sync.WeightSpec, device) -> dict | None:
         """Buffers to receive into on CPU, where a fresh one's page faults cost as much as
         filling it: one set, refilled each sync; two used in turn while layers compute
-        from the `BLOCKED` weights of the last sync's buffers. None on GPU."""
-        if torch.device(device).type != "cpu":
+        from the `BLOCKED` weights of the last sync's buffers. None on GPU, or where the
+        buckets are shared with the learner."""
+        if torch.device(device).type != "cpu" or self._rayrl_shared is not None:
             return None
         sets = self.__dict__.setdefault("_rayrl_buffer_sets", [{}, {}])
         if any(t.layout == weight_sync.BLOCKED for t in spec):

@@ -101,7 +101,7 @@ class StuckEngine:
         await asyncio.sleep(3600)
 
 
-def start_pair(ray, tiny_model, lora_rank=0, dtype="float32"):
+def start_pair(ray, tiny_model, lora_rank=0, dtype="float32", shared_memory=True):
     engine = (
         ray.remote(SwitchableWorker)
         .options(num_cpus=1)
@@ -122,7 +122,7 @@ def start_pair(ray, tiny_model, lora_rank=0, dtype="float32"):
     host, port = ray.get(learner.group_address.remote())
     ray.get(
         [
-            learner.init_weight_sync.remote(host, port, 2),
+            learner.init_weight_sync.remote(host, port, 2, 300.0, shared_memory),
             engine.init_weight_sync.remote(host, port, 1, 2, "gloo"),
         ]
     )
@@ -135,11 +135,12 @@ def stop_pair(ray, engine, learner):
     ray.kill(learner)
 
 
-@pytest.fixture(scope="module", params=[0, 8], ids=["full", "lora"])
+@pytest.fixture(scope="module", params=[0, 8], ids=["full-shared-memory", "lora-broadcast"])
 def pair(ray_local, tiny_model, request):
-    """An engine and a learner joined for sync; the learner trains every weight, or LoRA
-    adapters (rank 8) whose merged weights the sync sends."""
-    engine, learner = start_pair(ray_local, tiny_model, request.param)
+    """An engine and a learner joined for sync; the learner trains every weight and the
+    weights travel through memory both map, or it trains LoRA adapters (rank 8) whose
+    merged weights are broadcast over the group's socket."""
+    engine, learner = start_pair(ray_local, tiny_model, request.param, shared_memory=request.param == 0)
     yield ray_local, engine, learner
     stop_pair(ray_local, engine, learner)
 
@@ -148,11 +149,12 @@ def sync(ray, engine, learner, version, timeout_s=60.0):
     spec = ray.get(learner.weight_spec.remote())
     synced = sync_engines([learner], [engine], spec, version, 1 << 20, timeout_s)
     assert synced["engine_total_s"] >= synced["engine_receive_s"]
+    counts = ray.get(learner.parameter_counts.remote())
+    lora = counts["trainable"] < counts["total"]
+    assert synced["transport"] == ("broadcast" if lora else "shared memory")
     # the canary compared layer 0's attention weights, read back through vLLM's fused
     # qkv and o GEMMs, and with every weight sent the embedding and every norm (2 per
     # layer + the final one); LoRA (adapters on every linear layer) sends no norm or embedding
-    counts = ray.get(learner.parameter_counts.remote())
-    lora = counts["trainable"] < counts["total"]
     assert synced["canary_tensors"] == 4 + (0 if lora else 1 + 2 * 2 + 1)
     return synced
 
@@ -270,7 +272,8 @@ def test_a_bf16_engine_computes_from_the_blocked_weights_it_receives(ray_local, 
     layout: the learner sends them so and the engine keeps the received buffers as they
     are (nothing repacked but the LM head, which shares the row-major embedding). Every
     weight is bit-equal afterwards, log-probs follow the learner's, and a learner that
-    sends row-major anyway (an engine without AMX in the same group) is blocked on arrival."""
+    sends row-major anyway (an engine without AMX in the same group) is blocked on arrival.
+    The weights travel through memory both map, which the layers then compute from."""
     ray = ray_local
     engine, learner = start_pair(ray, tiny_model, dtype="bfloat16")
     try:
@@ -287,11 +290,13 @@ def test_a_bf16_engine_computes_from_the_blocked_weights_it_receives(ray_local, 
         np.testing.assert_allclose(switched, before, atol=0.05)
 
         version = 0
-        for layouts in (agreed, spec):  # the agreed layouts, then all row-major
+        # the agreed layouts, then all row-major, then blocked again into the shared set
+        # the first sync filled, while the layers compute from the second's
+        for layouts in (agreed, spec, agreed):
             one_update(ray, learner)
             version += 1
             synced = sync_engines([learner], [engine], layouts, version, 1 << 20, 60.0)
-            assert synced["engine_path"] == "direct"
+            assert synced["engine_path"] == "direct" and synced["transport"] == "shared memory"
             assert_engine_holds_every_weight_sent(ray, engine, learner)
             engine_lp = np.array(ray.get(engine.prompt_logprobs.remote(seq)))
             learner_lp = np.array(ray.get(learner.sequence_logprobs.remote(seq)))

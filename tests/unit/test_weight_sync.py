@@ -1,7 +1,8 @@
-"""Bucketed broadcast between two real processes over gloo."""
+"""Weight transport between two real processes over gloo: bucketed broadcast, or shared memory."""
 
 import multiprocessing as mp
 
+import pytest
 import torch
 
 from rayrl import weight_sync
@@ -80,41 +81,91 @@ def test_rendezvous_ports_come_from_outside_the_kernels_ephemeral_range():
         s.bind(("127.0.0.1", ports.pop()))  # free indeed
 
 
-def _receiver(port, spec_wire, queue):
+def _receiver(port, spec_wire, queue, sends=1):
+    """Rank 1: receives `sends` syncs; per sync, what arrived, and whether what the
+    previous sync handed out (not copied) still reads as it was then."""
     group = weight_sync.init_group("127.0.0.1", port, 1, 2, "gloo", timeout_s=60)
-    got = {}
-    for bucket in weight_sync.receive_buckets(group, from_wire(spec_wire), bucket_bytes=64):
-        for name, t in bucket:
-            got[name] = t.clone()
-    queue.put({k: v.tolist() for k, v in got.items()})
+    shared = weight_sync.share_memory(group, 1, None)  # attaches where rank 0 offers
+    queue.put(shared is not None)
+    spec, held, before = from_wire(spec_wire), {}, {}
+    for _ in range(sends):
+        got = {}
+        for bucket in weight_sync.receive_buckets(group, spec, bucket_bytes=64, shared=shared):
+            got.update(bucket)
+        intact = all(torch.equal(held[n], before[n]) for n in held)
+        held, before = got, {n: t.clone() for n, t in got.items()}
+        queue.put(({k: v.tolist() for k, v in got.items()}, intact))
 
 
-def test_send_receive_across_processes():
-    torch.manual_seed(0)
-    named = [
+def _named(seed):
+    torch.manual_seed(seed)
+    return [
         ("w1", torch.randn(3, 4)),
         ("w2", torch.randn(7)),
         ("w3", torch.randn(2, 2)),
         ("w4", torch.randn(32, 4)),
     ]
+
+
+@pytest.mark.parametrize("share", [False, True], ids=["broadcast", "shared-memory"])
+def test_send_receive_across_processes(share):
+    """Three syncs from rank 0 to rank 1, through the socket or through memory both map;
+    what a sync placed stays as it was while the next one arrives."""
+    named = _named(0)
     spec = [TensorSpec(n, tuple(t.shape), "bfloat16") for n, t in named]
     spec[3] = TensorSpec("w4", (32, 4), "bfloat16", weight_sync.BLOCKED)  # arrives in the kernel's layout
     port = weight_sync.free_port()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_receiver, args=(port, to_wire(spec), queue))
+    proc = ctx.Process(target=_receiver, args=(port, to_wire(spec), queue, 3))
     proc.start()
     group = weight_sync.init_group("127.0.0.1", port, 0, 2, "gloo", timeout_s=60)
-    sent = weight_sync.send_weights(group, named, spec, bucket_bytes=64)
-    got = queue.get(timeout=60)
+    shared = weight_sync.share_memory(group, 0, spec if share else None)
+    assert (shared is not None) == share and queue.get(timeout=60) == share
+    for seed in range(3):
+        named = _named(seed)
+        prints = dict.fromkeys(["w1", "w4"])
+        sent = weight_sync.send_weights(group, named, spec, bucket_bytes=64, checksums=prints, shared=shared)
+        got, intact = queue.get(timeout=60)
+        assert sent == sum(t.numel() for _, t in named) * 2  # bf16 on the wire
+        assert intact
+        for name, t in named:
+            expected = t.to(torch.bfloat16)
+            if name == "w4":
+                expected = weight_sync.to_blocked(t, torch.empty(t.numel(), dtype=torch.bfloat16))
+            assert torch.equal(torch.tensor(got[name]).float(), expected.float()), name
+            if name in prints:
+                assert prints[name] == weight_sync.checksum(expected)
     proc.join(timeout=60)
     assert proc.exitcode == 0
-    assert sent == sum(t.numel() for _, t in named) * 2  # bf16 on the wire
-    for name, t in named:
-        expected = t.to(torch.bfloat16)
-        if name == "w4":
-            expected = weight_sync.to_blocked(t, torch.empty(t.numel(), dtype=torch.bfloat16))
-        assert torch.equal(torch.tensor(got[name]).float(), expected.float()), name
+
+
+def test_shared_buckets_attach_only_to_the_memory_they_were_offered():
+    spec = [TensorSpec("w", (64, 8), "bfloat16"), TensorSpec("b", (5,), "float32")]
+    offer, address = weight_sync.SharedBuckets.create(spec)
+    try:
+        assert weight_sync.SharedBuckets.attach(address) is not None
+        assert weight_sync.SharedBuckets.attach([*address[:3], *[w ^ 1 for w in address[3:]]]) is None
+        assert weight_sync.SharedBuckets.attach([address[0], address[1] + 999, *address[2:]]) is None
+        # the two sets of every bucket plan lie apart and inside the memory
+        for bucket_bytes in (16, 1 << 20):  # two buckets either way: two dtypes
+            views = [offer.bucket(turn, k, spec, bucket_bytes) for turn in (0, 1) for k in range(2)]
+            spans = sorted((v.data_ptr(), v.data_ptr() + v.numel() * v.element_size()) for v in views)
+            assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+            assert spans[-1][1] <= offer.memory.data_ptr() + offer.memory.numel()
+    finally:
+        offer.release_address()
+    assert weight_sync.SharedBuckets.attach(address) is None  # no longer reachable
+
+
+def test_checksum_is_the_sum_of_16_bit_words_however_it_is_computed():
+    torch.manual_seed(0)
+    t = torch.randn(3 * (1 << 15) + 17).to(torch.bfloat16)
+    words = t.view(torch.int16).tolist()
+    assert weight_sync.checksum(t) == sum(words)
+    assert weight_sync.checksum(t[:100]) == sum(words[:100])
+    f = torch.randn(1000)
+    assert weight_sync.checksum(f) == sum(f.view(torch.int32).tolist())
 
 
 def test_a_fused_tensor_is_checked_against_the_sum_of_its_parts():

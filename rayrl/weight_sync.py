@@ -144,7 +144,9 @@ def torch_dtype(name: str) -> torch.dtype:
 def plan_buckets(spec: WeightSpec, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> list[list[int]]:
     """Group tensor indices into buckets of about `bucket_bytes`, one dtype per bucket.
 
-    A tensor larger than the bucket size gets a bucket of its own.
+    A block's weights (`module_parent`: q, k, v and o of one attention block) stay in one
+    bucket, so that an engine finds the parts it fuses back to back; past that, a tensor
+    larger than the bucket size gets a bucket of its own.
     """
     buckets: list[list[int]] = []
     current: list[int] = []
@@ -152,7 +154,8 @@ def plan_buckets(spec: WeightSpec, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> 
     dtype = None
     for i, t in enumerate(spec):
         nbytes = t.numel * torch_dtype(t.dtype).itemsize
-        if current and (size + nbytes > bucket_bytes or t.dtype != dtype):
+        same_block = current and module_parent(spec[current[-1]].name) == module_parent(t.name)
+        if current and (t.dtype != dtype or (size + nbytes > bucket_bytes and not same_block)):
             buckets.append(current)
             current, size = [], 0
         current.append(i)

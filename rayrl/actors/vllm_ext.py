@@ -92,7 +92,8 @@ class WeightSyncExtension:
         Returns:
             tensors loaded, the loading path ("direct" or "layerwise"), seconds spent
             receiving, loading and finalizing (the direct path also: copying plain weights,
-            re-processing layers), and the fingerprint of the loaded weights.
+            re-processing layers), and the fingerprint of the loaded weights with the
+            seconds it took.
         """
         model = self.model_runner.model
         device = next(model.parameters()).device
@@ -124,7 +125,11 @@ class WeightSyncExtension:
         stats["finalize_s"] = time.perf_counter() - t
         stats["total_s"] = time.perf_counter() - t0
         stats.update(getattr(loader, "seconds", {}))
-        stats["fingerprint"] = self.rayrl_fingerprint(weight_sync.fingerprint_names(spec))
+        t = time.perf_counter()
+        taken = getattr(loader, "prints", {})  # while later buckets arrived
+        rest = [n for n in weight_sync.fingerprint_names(spec) if n not in taken]
+        stats["fingerprint"] = {**taken, **self.rayrl_fingerprint(rest)}
+        stats["fingerprint_s"] = time.perf_counter() - t
         return stats
 
     def _rayrl_receive_buffers(self, spec: weight_sync.WeightSpec, device) -> dict | None:
@@ -150,7 +155,7 @@ class WeightSyncExtension:
     def _rayrl_loader(self, spec: weight_sync.WeightSpec):
         """The direct loader where it applies to `spec`, else vLLM's layer-wise reload."""
         plan = self._rayrl_direct_plan(spec)
-        return plan.start(spec) if plan else LayerwiseLoad(self, spec)
+        return plan.start(spec, keep=self._rayrl_shared is not None) if plan else LayerwiseLoad(self, spec)
 
 
 class LayerwiseLoad:
@@ -165,6 +170,11 @@ class LayerwiseLoad:
         self.worker = worker
         self.model = worker.model_runner.model
         self.blocked = {t.name for t in spec if t.layout == weight_sync.BLOCKED}
+        # a weight the direct path took as received must not be written through into the
+        # buffers it came in (the learner refills them)
+        for param in self.model.parameters():
+            if param.__dict__.pop("_rayrl_received", False):
+                param.data = param.data.clone()
         initialize_layerwise_reload(self.model)
 
     def load(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
@@ -205,8 +215,9 @@ class DirectLoad:
     Either way the layer's own post-load processing runs, as after a checkpoint load;
     a layer on the blocked kernel (`use_blocked_kernel`) instead keeps the received
     `BLOCKED` tensor as the weight it computes from.
-    Other weights (embeddings, norms) are copied into the model's tensors, and each layer
-    holding one (a tied LM head too) is processed again.
+    Other weights (embeddings, norms) are copied into the model's tensors (or, from shared
+    buckets, taken as they are), and each layer holding one (a tied LM head too) is
+    processed again.
 
     Use `DirectLoad.plan(model, spec)` (None where this does not apply), then per sync
     `start()`, `load(bucket)` for each bucket, `finish()`.
@@ -267,12 +278,20 @@ class DirectLoad:
             return None
         return cls({n: v for n, v in gemm.items() if n in sent}, plain, plain_holders)
 
-    def start(self, spec: weight_sync.WeightSpec) -> DirectLoad:
+    def start(self, spec: weight_sync.WeightSpec, keep: bool = False) -> DirectLoad:
+        """Begin a sync of `spec`'s weights. `keep`: the received tensors stay as they are
+        until the sync after next (`weight_sync.SharedBuckets`), so plain weights are
+        taken as they are instead of copied."""
+        self.keep = keep
         self.blocked = {t.name for t in spec if t.layout == weight_sync.BLOCKED}
+        # fingerprints of plain weights, taken from the model's tensor once it is placed
+        self.fingerprinted = set(weight_sync.fingerprint_names(spec))
+        self.prints: dict[str, int] = {}
         self.arrived: dict = {}  # (layer, kind) -> {part index: tensor}
         self.reprocess: dict = {}  # id -> layer, in order
         self.complete: dict = {}  # layer -> kinds still missing
         self.seconds = {"copy_s": 0.0, "process_s": 0.0}
+        self.reblocked: set[int] = set()  # data_ptr of the blocked copies redone
         for layer, kind, *_ in self.gemm.values():
             self.complete.setdefault(layer, set()).add(kind)
         return self
@@ -281,10 +300,18 @@ class DirectLoad:
         for name, tensor in bucket:
             if name in self.plain:
                 t = time.perf_counter()
-                self.plain[name].data.copy_(tensor)
+                held = self.plain[name]
+                if self.keep and tensor.dtype == held.dtype and held.device.type == "cpu":
+                    held.data = tensor
+                    held._rayrl_received = True  # a view of what arrived (see LayerwiseLoad)
+                else:
+                    held.data.copy_(tensor)
                 self.seconds["copy_s"] += time.perf_counter() - t
+                if name in self.fingerprinted:
+                    self.prints[name] = weight_sync.checksum(held.detach())
                 for layer in self.holders[name]:
-                    self.reprocess[id(layer)] = layer
+                    if not self._reblock(layer):  # (an LM head re-blocks while the rest arrives)
+                        self.reprocess[id(layer)] = layer
                 continue
             layer, kind, i, count, _ = self.gemm[name]
             parts = self.arrived.setdefault((layer, kind), {})
@@ -297,19 +324,24 @@ class DirectLoad:
                     self._process(layer)
 
     def finish(self) -> None:
-        reblocked: set[int] = set()
         for layer in self.reprocess.values():
-            blocked = getattr(layer, "_rayrl_blocked", None)
-            if blocked is None:
-                self._process(layer)
-            elif blocked.data_ptr() not in reblocked:  # an LM head sharing the embedding
-                t = time.perf_counter()
-                weight_sync.to_blocked(layer.weight, blocked.view(-1))
-                reblocked.add(blocked.data_ptr())
-                self.seconds["process_s"] += time.perf_counter() - t
+            self._process(layer)
         missing = [layer for layer, kinds in self.complete.items() if kinds]
         if missing:
             raise RuntimeError(f"weight sync ended with {len(missing)} layers not fully received")
+
+    def _reblock(self, layer: torch.nn.Module) -> bool:
+        """Re-block the copy a layer on the blocked kernel keeps of its row-major weight
+        (an LM head sharing the embedding), once per copy; False for any other layer."""
+        blocked = getattr(layer, "_rayrl_blocked", None)
+        if blocked is None or not hasattr(layer, "weight") or layer.weight.numel() == 0:
+            return False
+        if blocked.data_ptr() not in self.reblocked:
+            t = time.perf_counter()
+            weight_sync.to_blocked(layer.weight, blocked.view(-1))
+            self.reblocked.add(blocked.data_ptr())
+            self.seconds["process_s"] += time.perf_counter() - t
+        return True
 
     def _process(self, layer: torch.nn.Module) -> None:
         if hasattr(layer, "_rayrl_blocked"):  # computes from what `_place` handed it

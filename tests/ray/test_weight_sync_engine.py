@@ -36,6 +36,15 @@ class SwitchableExtension(WeightSyncExtension):
     def _rayrl_loader(self, spec):
         return LayerwiseLoad(self, spec) if self._rayrl_layerwise else super()._rayrl_loader(spec)
 
+    def rayrl_held_in_shared_memory(self, name: str) -> bool | None:
+        """Whether the model's tensor `name` lies in the buckets shared with the learner
+        (None: no shared buckets)."""
+        if self._rayrl_shared is None:
+            return None
+        memory = self._rayrl_shared.memory
+        start = dict(self.model_runner.model.named_parameters())[name].data_ptr()
+        return memory.data_ptr() <= start < memory.data_ptr() + memory.numel()
+
     def rayrl_direct_plan(self, wire_spec) -> bool:
         """Whether the direct loader takes this spec."""
         return DirectLoad.plan(self.model_runner.model, weight_sync.from_wire(wire_spec)) is not None
@@ -59,7 +68,9 @@ class SwitchableExtension(WeightSyncExtension):
         if not self._rayrl_ignoring:
             return super().rayrl_receive_weights(wire_spec, bucket_bytes)
         spec = weight_sync.from_wire(wire_spec)
-        for _ in weight_sync.receive_buckets(self._rayrl_group, spec, bucket_bytes, "cpu"):
+        for _ in weight_sync.receive_buckets(
+            self._rayrl_group, spec, bucket_bytes, "cpu", shared=self._rayrl_shared
+        ):
             pass
         names = weight_sync.fingerprint_names(spec)
         return {"tensors": len(spec), "fingerprint": self.rayrl_fingerprint(names)}
@@ -73,6 +84,10 @@ class SwitchableWorker(RolloutWorker):
 
     async def force_layerwise(self, on: bool) -> None:
         await self.engine.collective_rpc("rayrl_force_layerwise", args=(on,))
+
+    async def held_in_shared_memory(self, name: str) -> bool | None:
+        (held,) = await self.engine.collective_rpc("rayrl_held_in_shared_memory", args=(name,))
+        return held
 
     async def direct_plan(self, spec) -> bool:
         (ok,) = await self.engine.collective_rpc("rayrl_direct_plan", args=(weight_sync.to_wire(spec),))
@@ -245,11 +260,13 @@ def assert_engine_holds_every_weight_sent(ray, engine, learner):
 def test_both_loading_paths_place_every_weight_exactly(pair):
     """The direct path (the default for an unquantized model) and vLLM's layer-wise reload
     each leave every sent weight bit-equal in the engine, LM head and fused GEMMs included,
-    and the engine's log-probs match the learner's."""
+    and the engine's log-probs match the learner's. From shared buckets the direct path
+    takes the embedding as it arrived, which layer-wise reload then copies out again."""
     ray, engine, learner = pair
     seq = list(range(100, 140))
     version = ray.get(engine.generate.remote([1, 2, 3], 2, 1.0)).weight_version
-    for path in ("layerwise", "direct"):
+    embedding = "model.embed_tokens.weight"
+    for path in ("direct", "layerwise", "direct"):
         one_update(ray, learner)
         version += 1
         ray.get(engine.force_layerwise.remote(path == "layerwise"))
@@ -259,6 +276,9 @@ def test_both_loading_paths_place_every_weight_exactly(pair):
             ray.get(engine.force_layerwise.remote(False))
         assert synced["engine_path"] == path
         assert synced["wall_s"] >= synced["engine_total_s"]
+        shared = synced["transport"] == "shared memory"
+        in_shared = ray.get(engine.held_in_shared_memory.remote(embedding))
+        assert in_shared == ((path == "direct") if shared else None)
         assert_engine_holds_every_weight_sent(ray, engine, learner)
         np.testing.assert_allclose(
             ray.get(engine.prompt_logprobs.remote(seq)),

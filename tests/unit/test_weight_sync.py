@@ -19,6 +19,14 @@ def test_plan_buckets_respects_size_and_dtype():
     ]
     assert plan_buckets(spec, bucket_bytes=100) == [[0, 1], [2], [3, 4]]
     assert from_wire(to_wire(spec)) == spec
+    # a block's weights (which an engine may fuse) are never split between buckets
+    block = [
+        TensorSpec("model.layers.0.self_attn.q_proj.weight", (10,), "float32"),
+        TensorSpec("model.layers.0.self_attn.k_proj.weight", (10,), "float32"),
+        TensorSpec("model.layers.0.self_attn.v_proj.weight", (10,), "float32"),
+        TensorSpec("model.layers.0.mlp.up_proj.weight", (10,), "float32"),
+    ]
+    assert plan_buckets(block, bucket_bytes=50) == [[0, 1, 2], [3]]
 
 
 def test_the_blocked_layout_puts_column_pairs_of_32_row_blocks_side_by_side():

@@ -241,9 +241,16 @@ def rayrl_steps(args) -> dict:
         "sync_seconds": statistics.median(s["wall_s"] for s in syncs),
         "sync_send_s": statistics.median(s["seconds"] for s in syncs),
         "engine_path": syncs[0]["engine_path"],
+        "sync_transport": syncs[0].get("transport", "broadcast"),
         **{
             k: statistics.median(s[k] for s in syncs)
-            for k in ("engine_receive_s", "engine_load_s", "engine_finalize_s", "engine_process_s")
+            for k in (
+                "engine_receive_s",
+                "engine_load_s",
+                "engine_finalize_s",
+                "engine_process_s",
+                "engine_fingerprint_s",
+            )
             if k in syncs[0]
         },
         "sync_bytes": syncs[0]["bytes"],
@@ -329,6 +336,7 @@ def main() -> None:
             "weight sync, end to end (GB/s, median of 5)",
             f"{r['sync_gb_per_s']:.2f} ({r['sync_bytes'] / 1e6:.0f} MB in {r['sync_seconds']:.2f} s)",
         ),
+        ("  transport", r.get("sync_transport", "broadcast")),
         ("  learner: gather, cast and send (s)", f"{r['sync_send_s']:.2f}"),
         ("  engine: waiting for buckets (s)", f"{r['engine_receive_s']:.2f}"),
         (
@@ -338,6 +346,11 @@ def main() -> None:
         *(
             [("    of which kernel re-packing (s)", f"{r['engine_process_s']:.2f}")]
             if "engine_process_s" in r
+            else []
+        ),
+        *(
+            [("  engine: fingerprint after loading (s)", f"{r['engine_fingerprint_s']:.3f}")]
+            if "engine_fingerprint_s" in r
             else []
         ),
         ("setup: engines + models (s)", f"{r['setup_s']:.0f}"),

@@ -19,6 +19,7 @@ the received buffer instead of repacking each layer after every sync.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -449,7 +452,7 @@ class SharedBuckets:
             if os.stat(path).st_size != nbytes:
                 return None
             memory = torch.from_file(path, shared=True, size=nbytes, dtype=torch.uint8)
-        except (OSError, RuntimeError):
+        except (OSError, RuntimeError, ValueError):
             return None
         if memory[: 8 * cls.TOKEN_WORDS].view(torch.int64).tolist() != token:
             return None
@@ -495,8 +498,11 @@ def share_memory(group, rank: int, spec: WeightSpec | None, device="cpu") -> Sha
 
     offer, address = None, torch.zeros(3 + SharedBuckets.TOKEN_WORDS, dtype=torch.int64)
     if rank == 0 and spec is not None:
-        offer, words = SharedBuckets.create(spec)
-        address = torch.tensor(words, dtype=torch.int64)
+        try:
+            offer, words = SharedBuckets.create(spec)
+            address = torch.tensor(words, dtype=torch.int64)
+        except (OSError, RuntimeError) as err:  # no memfd here: the others must not wait
+            logger.warning("weight sync: no shared memory (%s); broadcasting the weights", err)
     address = address.to(device)
     group.broadcast(address, 0).wait()
     words = address.tolist()

@@ -148,6 +148,31 @@ def test_send_receive_across_processes(share):
     assert proc.exitcode == 0
 
 
+def test_a_sender_without_shared_memory_falls_back_to_the_broadcast(monkeypatch):
+    """Where the memory cannot be created, both sides agree on the broadcast instead of
+    one of them waiting for the other."""
+
+    def no_memfd(*args):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(weight_sync.os, "memfd_create", no_memfd)
+    named = _named(0)
+    spec = [TensorSpec(n, tuple(t.shape), "bfloat16") for n, t in named]
+    port = weight_sync.free_port()
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_receiver, args=(port, to_wire(spec), queue, 1))
+    proc.start()
+    group = weight_sync.init_group("127.0.0.1", port, 0, 2, "gloo", timeout_s=60)
+    assert weight_sync.share_memory(group, 0, spec) is None
+    assert queue.get(timeout=60) is False
+    weight_sync.send_weights(group, named, spec, bucket_bytes=64)
+    got, _ = queue.get(timeout=60)
+    assert torch.equal(torch.tensor(got["w1"]), named[0][1].to(torch.bfloat16).float())
+    proc.join(timeout=60)
+    assert proc.exitcode == 0
+
+
 def test_shared_buckets_attach_only_to_the_memory_they_were_offered():
     spec = [TensorSpec("w", (64, 8), "bfloat16"), TensorSpec("b", (5,), "float32")]
     offer, address = weight_sync.SharedBuckets.create(spec)

@@ -105,6 +105,16 @@ def _receiver(port, spec_wire, queue, sends=1):
         queue.put(({k: v.tolist() for k, v in got.items()}, intact))
 
 
+def _start_receiver(spec, sends):
+    """Rank 1 (`_receiver`) in a new process, and rank 0's side of the group."""
+    port = weight_sync.free_port()
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_receiver, args=(port, to_wire(spec), queue, sends))
+    proc.start()
+    return proc, queue, weight_sync.init_group("127.0.0.1", port, 0, 2, "gloo", timeout_s=60)
+
+
 def _named(seed):
     torch.manual_seed(seed)
     return [
@@ -122,12 +132,7 @@ def test_send_receive_across_processes(share):
     named = _named(0)
     spec = [TensorSpec(n, tuple(t.shape), "bfloat16") for n, t in named]
     spec[3] = TensorSpec("w4", (32, 4), "bfloat16", weight_sync.BLOCKED)  # arrives in the kernel's layout
-    port = weight_sync.free_port()
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_receiver, args=(port, to_wire(spec), queue, 3))
-    proc.start()
-    group = weight_sync.init_group("127.0.0.1", port, 0, 2, "gloo", timeout_s=60)
+    proc, queue, group = _start_receiver(spec, sends=3)
     shared = weight_sync.share_memory(group, 0, spec if share else None)
     assert (shared is not None) == share and queue.get(timeout=60) == share
     for seed in range(3):
@@ -158,12 +163,7 @@ def test_a_sender_without_shared_memory_falls_back_to_the_broadcast(monkeypatch)
     monkeypatch.setattr(weight_sync.os, "memfd_create", no_memfd)
     named = _named(0)
     spec = [TensorSpec(n, tuple(t.shape), "bfloat16") for n, t in named]
-    port = weight_sync.free_port()
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_receiver, args=(port, to_wire(spec), queue, 1))
-    proc.start()
-    group = weight_sync.init_group("127.0.0.1", port, 0, 2, "gloo", timeout_s=60)
+    proc, queue, group = _start_receiver(spec, sends=1)
     assert weight_sync.share_memory(group, 0, spec) is None
     assert queue.get(timeout=60) is False
     weight_sync.send_weights(group, named, spec, bucket_bytes=64)

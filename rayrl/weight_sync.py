@@ -205,20 +205,13 @@ def checksum(t: torch.Tensor) -> int:
     """The integer sum of `t`'s bit patterns (signed 16- or 32-bit words)."""
     flat = t.contiguous().view(-1)
     words = flat.view({2: torch.int16, 4: torch.int32}[flat.element_size()])
-    if words.device.type == "cpu":  # numpy sums integers without a cast pass, 5x torch's speed
-        return _checksum_numpy(words.numpy())
-    if flat.element_size() != 2:
+    if words.device.type != "cpu":
         return int(words.sum(dtype=torch.int64))
-    chunk = 1 << 15
-    whole = words.numel() - words.numel() % chunk
-    head = words[:whole].view(-1, chunk).sum(dim=1, dtype=torch.int32).sum(dtype=torch.int64)
-    return int(head) + int(words[whole:].sum(dtype=torch.int64))
-
-
-def _checksum_numpy(words: np.ndarray) -> int:
+    # on CPU numpy sums integers without a cast pass (5x torch's speed); 16-bit words
+    # summed 2^15 at a time fit an int32 exactly
+    words = words.numpy()
     if words.itemsize != 2:
         return int(words.sum(dtype=np.int64))
-    # 16-bit words summed 2^15 at a time fit an int32 exactly
     chunk = 1 << 15
     whole = words.size - words.size % chunk
     head = words[:whole].reshape(-1, chunk).sum(axis=1, dtype=np.int32).sum(dtype=np.int64)
@@ -310,14 +303,11 @@ def send_weights(
     if len(tensors) != len(spec):
         raise ValueError(f"sending {len(tensors)} tensors but the spec lists {len(spec)}")
     buffers = {} if buffers is None else buffers
-    turn = shared.next_turn() if shared is not None else 0
+    in_shared = shared.buckets(shared.next_turn(), spec, bucket_bytes) if shared is not None else None
     sent = 0
     pending = None  # (work, buffer) of the bucket on the wire
     for k, bucket in enumerate(plan_buckets(spec, bucket_bytes)):
-        if shared is not None:
-            flat = shared.bucket(turn, k, spec, bucket_bytes)
-        else:
-            flat = _bucket_buffer(buffers, k, spec, bucket, device)
+        flat = in_shared[k] if shared is not None else _bucket_buffer(buffers, k, spec, bucket, device)
         offset = 0
         for i in bucket:
             n = spec[i].numel
@@ -326,7 +316,7 @@ def send_weights(
             else:
                 flat[offset : offset + n].view(spec[i].shape).copy_(tensors[i].detach())
             offset += n
-        on_wire = flat if shared is None else torch.tensor([turn, k], dtype=torch.int64, device=device)
+        on_wire = flat if shared is None else torch.tensor([shared.turn, k], dtype=torch.int64, device=device)
         work = group.broadcast(on_wire, 0)
         offset = 0
         for i in bucket:
@@ -372,6 +362,7 @@ def receive_buckets(
     """
     layout = plan_buckets(spec, bucket_bytes)
     buffers = {} if buffers is None else buffers
+    in_shared = None  # the set the sender signals, once it does
 
     def post(k, bucket):
         if shared is not None:
@@ -389,7 +380,8 @@ def receive_buckets(
             turn, sent_k = flat.tolist()
             if sent_k != k:
                 raise WeightSyncError(f"bucket {sent_k} was signalled where bucket {k} was expected")
-            flat = shared.bucket(turn, k, spec, bucket_bytes)
+            in_shared = in_shared or shared.buckets(turn, spec, bucket_bytes)
+            flat = in_shared[k]
         views, offset = [], 0
         for i in bucket:
             n = spec[i].numel
@@ -416,7 +408,6 @@ class SharedBuckets:
         self.memory = memory  # uint8, header + 2 sets
         self.set_bytes = set_bytes
         self.turn = 1  # the first send fills set 0
-        self._views: dict = {}
 
     @classmethod
     def size_for(cls, spec: WeightSpec) -> int:
@@ -472,21 +463,17 @@ class SharedBuckets:
         self.turn = 1 - self.turn
         return self.turn
 
-    def bucket(self, turn: int, k: int, spec: WeightSpec, bucket_bytes: int) -> torch.Tensor:
-        """The flat tensor of bucket `k` in set `turn`."""
-        key = (turn, tuple(spec), bucket_bytes)
-        views = self._views.get(key)
-        if views is None:
-            views, offset = [], self.ALIGN + turn * self.set_bytes
-            for bucket in plan_buckets(spec, bucket_bytes):
-                dtype = torch_dtype(spec[bucket[0]].dtype)
-                nbytes = sum(spec[i].numel for i in bucket) * dtype.itemsize
-                views.append(self.memory[offset : offset + nbytes].view(dtype))
-                offset += -(-nbytes // self.ALIGN) * self.ALIGN
-            if offset > self.ALIGN + (turn + 1) * self.set_bytes:
-                raise ValueError("these weights do not fit the shared buckets they were planned for")
-            self._views = {key: views, **{k_: v for k_, v in self._views.items() if k_[0] != turn}}
-        return views[k]
+    def buckets(self, turn: int, spec: WeightSpec, bucket_bytes: int) -> list[torch.Tensor]:
+        """The flat tensors of `plan_buckets(spec, bucket_bytes)` in set `turn`."""
+        views, offset = [], self.ALIGN + turn * self.set_bytes
+        for bucket in plan_buckets(spec, bucket_bytes):
+            dtype = torch_dtype(spec[bucket[0]].dtype)
+            nbytes = sum(spec[i].numel for i in bucket) * dtype.itemsize
+            views.append(self.memory[offset : offset + nbytes].view(dtype))
+            offset += -(-nbytes // self.ALIGN) * self.ALIGN
+        if offset > self.ALIGN + (turn + 1) * self.set_bytes:
+            raise ValueError("these weights do not fit the shared buckets they were planned for")
+        return views
 
 
 def share_memory(group, rank: int, spec: WeightSpec | None, device="cpu") -> SharedBuckets | None:

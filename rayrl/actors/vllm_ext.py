@@ -334,7 +334,7 @@ class DirectLoad:
         """Re-block the copy a layer on the blocked kernel keeps of its row-major weight
         (an LM head sharing the embedding), once per copy; False for any other layer."""
         blocked = getattr(layer, "_rayrl_blocked", None)
-        if blocked is None or not hasattr(layer, "weight") or layer.weight.numel() == 0:
+        if blocked is None:
             return False
         if blocked.data_ptr() not in self.reblocked:
             t = time.perf_counter()

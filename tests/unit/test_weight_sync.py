@@ -182,7 +182,7 @@ def test_shared_buckets_attach_only_to_the_memory_they_were_offered():
         assert weight_sync.SharedBuckets.attach([address[0], address[1] + 999, *address[2:]]) is None
         # the two sets of every bucket plan lie apart and inside the memory
         for bucket_bytes in (16, 1 << 20):  # two buckets either way: two dtypes
-            views = [offer.bucket(turn, k, spec, bucket_bytes) for turn in (0, 1) for k in range(2)]
+            views = [v for turn in (0, 1) for v in offer.buckets(turn, spec, bucket_bytes)]
             spans = sorted((v.data_ptr(), v.data_ptr() + v.numel() * v.element_size()) for v in views)
             assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
             assert spans[-1][1] <= offer.memory.data_ptr() + offer.memory.numel()

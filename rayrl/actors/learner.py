@@ -307,7 +307,7 @@ class ActorLearner:
             raise RuntimeError("init_weight_sync() has not run")
         t0 = time.perf_counter()
         sent, prints = 0, {}
-        with torch.no_grad(), self.strategy.full_parameters():
+        with torch.no_grad(), modeling.threads(self._sync_threads()), self.strategy.full_parameters():
             if self.rank == 0:
                 # one pass over the weights (with LoRA each one is merged on the fly)
                 sending = {t.name for t in spec}
@@ -333,6 +333,12 @@ class ActorLearner:
             "transport": transport,
             "fingerprint": prints,
         }
+
+    def _sync_threads(self) -> int:
+        """Threads that cast the weights into the buckets: through shared memory, half the
+        cores (`weight_sync.shared_sync_threads`), the engines load on the rest."""
+        n = torch.get_num_threads()
+        return weight_sync.shared_sync_threads(n) if self._shared is not None else n
 
     # ---- checkpoints -----------------------------------------------------
     def save(self, path: str) -> str:

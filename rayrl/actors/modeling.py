@@ -13,7 +13,7 @@ import ctypes
 import gc
 import os
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +32,17 @@ def set_threads(num_threads: int | None) -> int:
     n = num_threads or os.cpu_count() or 1
     torch.set_num_threads(n)
     return n
+
+
+@contextmanager
+def threads(num_threads: int):
+    """Run the block with `num_threads` torch threads, then restore the count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def attention_kernel(attention: str, device: torch.device, trainable: bool) -> str:

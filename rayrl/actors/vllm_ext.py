@@ -23,6 +23,7 @@ import time
 import torch
 
 from rayrl import weight_sync
+from rayrl.actors import modeling
 
 
 class WeightSyncExtension:
@@ -101,7 +102,10 @@ class WeightSyncExtension:
         loader = self._rayrl_loader(spec)
         stats = {"tensors": 0, "receive_s": 0.0, "load_s": 0.0, "path": loader.path}
         t0 = time.perf_counter()
-        with torch.no_grad():
+        threads = torch.get_num_threads()
+        if self._rayrl_shared is not None:  # the learner casts on the other half of the cores
+            threads = weight_sync.shared_sync_threads(threads)
+        with torch.no_grad(), modeling.threads(threads):
             buckets = weight_sync.receive_buckets(
                 self._rayrl_group,
                 spec,

@@ -250,3 +250,41 @@ def test_a_lora_learner_sends_only_the_blocks_that_hold_adapters(tiny_model):
     ]
     full = dict(learner.full_weights())
     assert set(names) < set(full)
+
+
+@pytest.fixture
+def keep_threads():
+    """This process's torch thread count, put back after the test."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["broadcast", "shared-memory"])
+def test_a_shared_memory_sync_casts_on_half_the_threads_and_restores_them(
+    tiny_model, monkeypatch, keep_threads, shared
+):
+    """Through shared memory the engines load on the same cores while the learner casts,
+    so the learner casts with half its threads, and has them all back for the next step
+    (also when the send fails)."""
+    from rayrl.actors.learner import ActorLearner
+    from rayrl.config import LearnerConfig, TrainingConfig
+
+    learner = ActorLearner(tiny_model, TrainingConfig(kl_coef=0.0), LearnerConfig(num_threads=4))
+    learner._group, learner._shared = object(), (object() if shared else None)
+    during = []
+
+    def send(group, weights, spec, *args):
+        during.append(torch.get_num_threads())
+        if len(during) == 2:
+            raise RuntimeError("engine went away")
+        return 0
+
+    monkeypatch.setattr(weight_sync, "send_weights", send)
+    assert learner.broadcast_weights(1 << 20, version=1)["transport"] == (
+        "shared memory" if shared else "broadcast"
+    )
+    with pytest.raises(RuntimeError, match="engine went away"):
+        learner.broadcast_weights(1 << 20, version=2)
+    assert during == ([2, 2] if shared else [4, 4])
+    assert torch.get_num_threads() == 4

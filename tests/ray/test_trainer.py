@@ -7,7 +7,7 @@ import pytest
 import ray
 import yaml
 
-from rayrl.rewards import ConcisenessReward
+from rayrl.rewards import ConcisenessReward, RewardFunction, RewardResult
 from rayrl.trainer import RayPPOTrainer
 from tests.conftest import make_config
 
@@ -29,6 +29,15 @@ def tiny_config(tiny_model: str, **sections):
     )
 
 
+class ShorterReplies(RewardFunction):
+    """1 - characters / 200 of the final reply. A tiny random model never solves a sum, so
+    the environment's reward is 0 for every episode and the update has nothing to learn
+    from; its replies' lengths differ, so with this reward the first update moves the policy."""
+
+    def compute(self, episode):
+        return RewardResult(max(0.0, 1.0 - len(episode.response) / 200), {}, {})
+
+
 @pytest.fixture(scope="module")
 def finished_run(ray_local, tiny_model, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs")
@@ -39,6 +48,7 @@ def finished_run(ray_local, tiny_model, tmp_path_factory):
             "batch_size": 8,
             "group_size": 4,
             "learning_rate": 1e-3,
+            "reward_fn": "tests.ray.test_trainer:ShorterReplies",
         },
         learner={"micro_batch_size": 4},
         checkpoint={"run_dir": str(run_dir), "run_name": "tiny"},
@@ -76,6 +86,7 @@ def test_metrics_history_and_run_files(finished_run):
         assert key in rows[0], key
     assert rows[0]["episodes"] == 8
     assert rows[-1]["weight_version"] == 2
+    assert rows[0]["reward_std"] > 0.0  # something to learn from, so the first update moved the policy
     # policy == reference before the first update: the learner was its own reference then,
     # and the reference scored the second step's batch only
     assert rows[0]["kl"] == 0.0 and rows[1]["kl"] > 0.0

@@ -477,13 +477,13 @@ class SharedBuckets:
 
 
 def shared_sync_threads(threads: int) -> int:
-    """Torch threads each side of a shared-memory sync uses out of its usual `threads`:
-    the learner casts the next bucket while the engines load the last one on the same
-    cores, so each takes half. An OpenMP pool that waits for a thread whose core the other
-    side took stalls on every tensor: on 2 cores, casting the default model's weights with
-    one core kept busy took 0.38 s with 2 threads and 0.10 s with 1, and whole syncs in
-    bench_grpo (538 MB, float32, an AVX2 machine, alternating runs) 0.38 and 0.67 s with
-    one thread a side against 0.55 and 0.75 s with the engine on 2."""
+    """Torch threads the learner casts with during a shared-memory sync, out of its usual
+    `threads`: the engines load the last bucket on the same cores while the learner casts
+    the next, and an OpenMP pool that waits for a thread whose core the other side took
+    stalls on every tensor. The learner is the side that gives way: vLLM's CPU worker binds
+    its OpenMP threads to cores and replaces `torch.set_num_threads` with a no-op, so the
+    engines keep theirs. On 2 cores, casting the default model's weights with one core kept
+    busy took 0.38 s with 2 threads and 0.10 s with 1."""
     return max(1, threads // 2)
 
 

@@ -336,7 +336,7 @@ class ActorLearner:
 
     def _sync_threads(self) -> int:
         """Threads that cast the weights into the buckets: through shared memory, half the
-        cores (`weight_sync.shared_sync_threads`), the engines load on the rest."""
+        cores (`weight_sync.shared_sync_threads`): the engines load on the same ones."""
         n = torch.get_num_threads()
         return weight_sync.shared_sync_threads(n) if self._shared is not None else n
 

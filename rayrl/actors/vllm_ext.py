@@ -23,7 +23,6 @@ import time
 import torch
 
 from rayrl import weight_sync
-from rayrl.actors import modeling
 
 
 class WeightSyncExtension:
@@ -102,10 +101,7 @@ class WeightSyncExtension:
         loader = self._rayrl_loader(spec)
         stats = {"tensors": 0, "receive_s": 0.0, "load_s": 0.0, "path": loader.path}
         t0 = time.perf_counter()
-        threads = torch.get_num_threads()
-        if self._rayrl_shared is not None:  # the learner casts on the other half of the cores
-            threads = weight_sync.shared_sync_threads(threads)
-        with torch.no_grad(), modeling.threads(threads):
+        with torch.no_grad():
             buckets = weight_sync.receive_buckets(
                 self._rayrl_group,
                 spec,

@@ -270,6 +270,10 @@ def test_a_shared_memory_sync_casts_on_half_the_threads_and_restores_them(
     from rayrl.actors.learner import ActorLearner
     from rayrl.config import LearnerConfig, TrainingConfig
 
+    # a learner runs in a process of its own; in this one, a vLLM engine an earlier test
+    # started has replaced torch.set_num_threads with a no-op
+    monkeypatch.setattr(torch, "set_num_threads", torch._C.set_num_threads)
+
     learner = ActorLearner(tiny_model, TrainingConfig(kl_coef=0.0), LearnerConfig(num_threads=4))
     learner._group, learner._shared = object(), (object() if shared else None)
     during = []

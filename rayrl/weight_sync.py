@@ -476,17 +476,6 @@ class SharedBuckets:
         return views
 
 
-def shared_sync_threads(threads: int) -> int:
-    """Torch threads the learner casts with during a shared-memory sync, out of its usual
-    `threads`: the engines load the last bucket on the same cores while the learner casts
-    the next, and an OpenMP pool that waits for a thread whose core the other side took
-    stalls on every tensor. The learner is the side that gives way: vLLM's CPU worker binds
-    its OpenMP threads to cores and replaces `torch.set_num_threads` with a no-op, so the
-    engines keep theirs. On 2 cores, casting the default model's weights with one core kept
-    busy took 0.38 s with 2 threads and 0.10 s with 1."""
-    return max(1, threads // 2)
-
-
 def share_memory(group, rank: int, spec: WeightSpec | None, device="cpu") -> SharedBuckets | None:
     """Agree, right after `init_group` (every rank calls it), whether the weights travel
     through `SharedBuckets`: rank 0 offers them when given `spec` (on CPU), every other

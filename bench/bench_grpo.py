@@ -250,6 +250,7 @@ def rayrl_steps(args) -> dict:
                 "engine_finalize_s",
                 "engine_process_s",
                 "engine_fingerprint_s",
+                "engine_page_faults",
             )
             if k in syncs[0]
         },
@@ -346,6 +347,11 @@ def main() -> None:
         *(
             [("    of which kernel re-packing (s)", f"{r['engine_process_s']:.2f}")]
             if "engine_process_s" in r
+            else []
+        ),
+        *(
+            [("  engine: page faults (fresh 4 KiB pages touched)", f"{r['engine_page_faults']:.0f}")]
+            if "engine_page_faults" in r
             else []
         ),
         *(

@@ -524,7 +524,8 @@ def sync_engines(
     learner's of what it sent; an engine that received but did not load fails here.
 
     Returns:
-        the learner's figures (bytes, seconds, version), the first engine's (`engine_*_s`, `engine_path`),
+        the learner's figures (bytes, seconds, version), the first engine's (`engine_*_s`,
+        `engine_path`, `engine_page_faults`),
         `canary_tensors`: how many tensors each engine's fingerprint covered, and
         `wall_s`: the whole sync, from the first send to the last engine's proven load.
     """
@@ -563,5 +564,5 @@ def sync_engines(
         (sum(len(k.split("+")) for k in p) for got in received for p in got["fingerprints"]), default=0
     )
     first = received[0] if received else {}
-    engine = {f"engine_{k}": v for k, v in first.items() if k.endswith("_s") or k == "path"}
+    engine = {f"engine_{k}": v for k, v in first.items() if k.endswith("_s") or k in ("path", "page_faults")}
     return {**sent, **engine, "canary_tensors": covered, "wall_s": time.perf_counter() - start}

@@ -18,6 +18,7 @@ is, with no repacking after a sync.
 from __future__ import annotations
 
 import logging
+import resource
 import time
 
 import torch
@@ -92,14 +93,16 @@ class WeightSyncExtension:
         Returns:
             tensors loaded, the loading path ("direct" or "layerwise"), seconds spent
             receiving, loading and finalizing (the direct path also: copying plain weights,
-            re-processing layers), and the fingerprint of the loaded weights with the
-            seconds it took.
+            re-processing layers), the page faults this process took meanwhile (fresh
+            memory touched; on CPU mostly the kernels' new packed weights), and the
+            fingerprint of the loaded weights with the seconds it took.
         """
         model = self.model_runner.model
         device = next(model.parameters()).device
         spec = weight_sync.from_wire(wire_spec)
         loader = self._rayrl_loader(spec)
         stats = {"tensors": 0, "receive_s": 0.0, "load_s": 0.0, "path": loader.path}
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t0 = time.perf_counter()
         with torch.no_grad():
             buckets = weight_sync.receive_buckets(
@@ -124,6 +127,7 @@ class WeightSyncExtension:
             loader.finish()
         stats["finalize_s"] = time.perf_counter() - t
         stats["total_s"] = time.perf_counter() - t0
+        stats["page_faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
         stats.update(getattr(loader, "seconds", {}))
         t = time.perf_counter()
         taken = getattr(loader, "prints", {})  # while later buckets arrived

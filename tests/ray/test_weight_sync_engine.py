@@ -164,6 +164,7 @@ def sync(ray, engine, learner, version, timeout_s=60.0):
     spec = ray.get(learner.weight_spec.remote())
     synced = sync_engines([learner], [engine], spec, version, 1 << 20, timeout_s)
     assert synced["engine_total_s"] >= synced["engine_receive_s"]
+    assert isinstance(synced["engine_page_faults"], int) and synced["engine_page_faults"] >= 0
     counts = ray.get(learner.parameter_counts.remote())
     lora = counts["trainable"] < counts["total"]
     assert synced["transport"] == ("broadcast" if lora else "shared memory")

@@ -103,12 +103,14 @@ def release_memory(device: torch.device, enabled: bool = True) -> None:
     they are freed, so an idle learner or critic would hold its peak (~6 GB for the
     135M default at 16 x 160 tokens) while the other roles take their turn; trimming
     leaves the weights and optimizer state (~2 GB). On GPU, torch's caching allocator
-    keeps its blocks for the next pass, which is what it is for.
+    keeps its blocks for the next pass, which is what it is for, so nothing is done: the
+    garbage collection alone cost a learner update 0.2 s of its 0.5 s on an H200
+    (bench_learner_device.py's batch, 2026-12-04).
     """
-    if not enabled:
+    if not enabled or device.type != "cpu":
         return
     gc.collect()
-    if device.type == "cpu" and sys.platform.startswith("linux"):
+    if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         except (OSError, AttributeError):  # not glibc (musl): nothing to trim

@@ -245,3 +245,43 @@ def test_a_learner_that_still_is_the_reference_gives_the_update_a_reference_pass
     assert own["grad_norm"] == pytest.approx(passed["grad_norm"], rel=1e-4)
     np.testing.assert_allclose(own_w, passed_w, rtol=0, atol=1e-6)
     assert own["grad_norm"] != pytest.approx(none["grad_norm"], rel=1e-3)  # the KL term is in the update
+
+
+def test_one_critic_update_on_the_device_matches_float64(small_llama, device, monkeypatch):
+    """One clipped value-regression step of the critic (torch strategy, bf16 autocast):
+    its value loss and gradient norm against the same objective in float64 on the CPU,
+    from the same initial weights (the value head is freshly drawn)."""
+    import copy
+
+    from rayrl.actors.critic import Critic
+    from rayrl.algorithms import compute_value_loss
+    from rayrl.config import CriticConfig, TrainingConfig
+
+    monkeypatch.setattr(modeling, "pick_device", lambda: device)
+    table = rollout_table()
+    training = TrainingConfig(batch_size=6, group_size=3, adv_estimator="gae", rollout_correction="none")
+    critic = Critic(small_llama, training, CriticConfig(micro_batch_size=4, autocast_dtype="bfloat16"))
+    assert next(critic.model.parameters()).device.type == device.type
+    reference = copy.deepcopy(critic.model).to("cpu", torch.float64)
+
+    old_values = critic.compute_values(table)  # as the scoring stage takes them
+    returns = np.random.default_rng(1).normal(size=old_values.shape).astype(np.float32)
+    scored = modeling.with_token_columns(table, {"old_values": old_values, "returns": returns})
+    metrics = critic.update(scored)
+
+    seqs = modeling.SequenceBatch(scored)
+    inputs = seqs.forward_inputs(np.arange(len(seqs)), torch.device("cpu"), False)
+    values = reference(**inputs).double()
+    assert values.shape == old_values.shape
+    token_loss, _ = compute_value_loss(
+        values,
+        torch.from_numpy(old_values).double(),
+        torch.from_numpy(returns).double(),
+        CriticConfig().value_clip,
+    )
+    loss = token_loss.sum() / seqs.num_tokens
+    loss.backward()
+    norm = torch.sqrt(sum((p.grad**2).sum() for p in reference.parameters() if p.grad is not None))
+    assert metrics["value_loss"] == pytest.approx(float(loss.detach()), rel=2e-2)
+    assert metrics["critic_grad_norm"] == pytest.approx(float(norm), rel=2e-2)
+    assert metrics["value_clip_frac"] == 0.0  # the first step starts at the old values

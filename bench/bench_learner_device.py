@@ -1,5 +1,6 @@
 """The learner's PPO update and the reference's scoring pass as plain objects (no Ray,
-vLLM or DeepSpeed) on this machine's device, packed and padded. Prints a table.
+vLLM or DeepSpeed) on this machine's device, packed and padded, against a plain torch
+training step of the same batch in the same process (`plain_loop`). Prints a table.
 
     .venv/bin/python bench/bench_learner_device.py [--updates 3] [--device cuda] [--attention sdpa eager]
 
@@ -80,11 +81,46 @@ def timed(fn, table, repeats: int, device) -> list[float]:
     return times
 
 
+def plain_loop(path: str, device):
+    """The peer: a plain torch training step on the same batch, written as anyone would
+    (one right-padded pass, full-vocabulary log-softmax, policy gradient of the sampled
+    tokens, AdamW), in the compute dtype the learner picks here (bf16 autocast where bf16
+    is native). Returns the step as a function of the table."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rayrl.actors import modeling
+    from rayrl.config import LearnerConfig
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7)
+
+    def step(table) -> None:
+        seqs = modeling.SequenceBatch(table)
+        ids, attn, mask = seqs.padded(range(len(seqs)), device)
+        adv = torch.zeros(mask.shape, device=device)
+        adv[mask] = torch.from_numpy(modeling.trainable_values(table, "advantages")).to(device)
+        with modeling.autocast(device, LearnerConfig().autocast_dtype):
+            logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+        logp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        keep = mask[:, 1:]
+        loss = -(logp * adv[:, 1:])[keep].sum() / keep.sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument(
+        "--micro-batch-size", type=int, default=None, help="sequences per pass (default: the config's)"
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
     parser.add_argument(
         "--attention",
@@ -112,15 +148,16 @@ def main() -> None:
         path, model_name = model_path(folder)
         training = TrainingConfig(batch_size=n, group_size=args.samples, kl_coef=0.0, learning_rate=1e-7)
         for attention, packing in itertools.product(args.attention, (False, True)):
-            learner = LearnerConfig(packing=packing, attention=attention)
+            override = {"micro_batch_size": args.micro_batch_size} if args.micro_batch_size else {}
+            learner = LearnerConfig(packing=packing, attention=attention, **override)
             update = ActorLearner(path, training, learner).update
             times = timed(update, table, args.updates + 1, device)
-            reference = ReferenceConfig(packing=packing, attention=attention)
+            reference = ReferenceConfig(packing=packing, attention=attention, **override)
             score = ReferenceWorker(path, reference).compute_logprobs
             ref_times = timed(score, table, args.updates + 1, device)
             del update, score
             seqs = modeling.SequenceBatch(table)
-            micros = seqs.micro_batches(np.arange(n), LearnerConfig().micro_batch_size, packing)
+            micros = seqs.micro_batches(np.arange(n), learner.micro_batch_size, packing)
             tokens = sum(
                 seqs.forward_inputs(m, torch.device("cpu"), packing)["input_ids"].numel() for m in micros
             )
@@ -133,13 +170,18 @@ def main() -> None:
                     statistics.median(ref_times[1:]),
                 )
             )
+        peer = timed(plain_loop(path, device), table, args.updates + 1, device)
     print(f"\n{device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), {model_name}")
-    print(f"{n} sequences, median of {args.updates} after a warm-up\n")
+    size = args.micro_batch_size or LearnerConfig().micro_batch_size
+    print(f"{n} sequences, micro-batches of {size}, median of {args.updates} after a warm-up\n")
     print(f"{'passes':<8}{'attention':>10}{'tokens':>8}{'update (s)':>12}{'reference (s)':>15}")
     for name, kernel, tokens, update, ref in rows:
         print(f"{name:<8}{kernel:>10}{tokens:>8}{update:>12.2f}{ref:>15.2f}")
+    print(f"{'plain torch loop, one padded pass':<34}{statistics.median(peer[1:]):>12.2f}")
     for k in range(0, len(rows), 2):
         print(f"{rows[k][1]}: packed / padded update time {rows[k + 1][3] / rows[k][3]:.2f}")
+        best = min(rows[k][3], rows[k + 1][3])
+        print(f"{rows[k][1]}: best rayrl update / plain torch loop {best / statistics.median(peer[1:]):.2f}")
 
 
 if __name__ == "__main__":

@@ -246,7 +246,8 @@ class _ModelRoleConfig(_Section):
     each reference rank scores a block of the batch's rows)."""
 
     micro_batch_size: int = Field(16, ge=1)
-    """Sequences per forward (and backward) pass; gradients accumulate across them."""
+    """Sequences per forward (and backward) pass; gradients accumulate across them. 16 suits
+    a CPU; on a GPU use as many as fit (README, "The trained roles on a GPU")."""
 
     autocast_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """Mixed-precision compute dtype (weights stay float32). "auto": bfloat16 where the
@@ -269,9 +270,9 @@ class _ModelRoleConfig(_Section):
     eager), else sdpa (the reference's forward-only pass, GPUs)."""
 
     release_memory: bool = True
-    """After each pass, return freed heap to the system (CPU), so an idle role holds its
+    """After each pass on CPU, return freed heap to the system, so an idle role holds its
     weights and optimizer state, not its activation peak, while the others take their
-    turn. Costs the next pass its page faults (~2 s per PPO update of the default model on
+    turn (on GPU, torch's caching allocator keeps its blocks and this does nothing). Costs the next pass its page faults (~2 s per PPO update of the default model on
     2 cores); turn off when memory is plenty."""
 
 

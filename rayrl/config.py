@@ -272,8 +272,9 @@ class _ModelRoleConfig(_Section):
     release_memory: bool = True
     """After each pass on CPU, return freed heap to the system, so an idle role holds its
     weights and optimizer state, not its activation peak, while the others take their
-    turn (on GPU, torch's caching allocator keeps its blocks and this does nothing). Costs the next pass its page faults (~2 s per PPO update of the default model on
-    2 cores); turn off when memory is plenty."""
+    turn (on GPU, torch's caching allocator keeps its blocks and this does nothing).
+    Costs the next pass its page faults (~2 s per PPO update of the default model on 2
+    cores); turn off when memory is plenty."""
 
 
 class _TrainedRoleConfig(_ModelRoleConfig):

@@ -143,21 +143,21 @@ def main() -> None:
     modeling.pick_device = lambda: device
     table = batch(args.prompts, args.samples)
     n = args.prompts * args.samples
+    size = args.micro_batch_size or LearnerConfig().micro_batch_size
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         path, model_name = model_path(folder)
         training = TrainingConfig(batch_size=n, group_size=args.samples, kl_coef=0.0, learning_rate=1e-7)
         for attention, packing in itertools.product(args.attention, (False, True)):
-            override = {"micro_batch_size": args.micro_batch_size} if args.micro_batch_size else {}
-            learner = LearnerConfig(packing=packing, attention=attention, **override)
+            learner = LearnerConfig(packing=packing, attention=attention, micro_batch_size=size)
             update = ActorLearner(path, training, learner).update
             times = timed(update, table, args.updates + 1, device)
-            reference = ReferenceConfig(packing=packing, attention=attention, **override)
+            reference = ReferenceConfig(packing=packing, attention=attention, micro_batch_size=size)
             score = ReferenceWorker(path, reference).compute_logprobs
             ref_times = timed(score, table, args.updates + 1, device)
             del update, score
             seqs = modeling.SequenceBatch(table)
-            micros = seqs.micro_batches(np.arange(n), learner.micro_batch_size, packing)
+            micros = seqs.micro_batches(np.arange(n), size, packing)
             tokens = sum(
                 seqs.forward_inputs(m, torch.device("cpu"), packing)["input_ids"].numel() for m in micros
             )
@@ -170,18 +170,17 @@ def main() -> None:
                     statistics.median(ref_times[1:]),
                 )
             )
-        peer = timed(plain_loop(path, device), table, args.updates + 1, device)
+        peer = statistics.median(timed(plain_loop(path, device), table, args.updates + 1, device)[1:])
     print(f"\n{device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), {model_name}")
-    size = args.micro_batch_size or LearnerConfig().micro_batch_size
     print(f"{n} sequences, micro-batches of {size}, median of {args.updates} after a warm-up\n")
     print(f"{'passes':<8}{'attention':>10}{'tokens':>8}{'update (s)':>12}{'reference (s)':>15}")
     for name, kernel, tokens, update, ref in rows:
         print(f"{name:<8}{kernel:>10}{tokens:>8}{update:>12.2f}{ref:>15.2f}")
-    print(f"{'plain torch loop, one padded pass':<34}{statistics.median(peer[1:]):>12.2f}")
+    print(f"{'plain torch loop, one padded pass':<34}{peer:>12.2f}")
     for k in range(0, len(rows), 2):
         print(f"{rows[k][1]}: packed / padded update time {rows[k + 1][3] / rows[k][3]:.2f}")
         best = min(rows[k][3], rows[k + 1][3])
-        print(f"{rows[k][1]}: best rayrl update / plain torch loop {best / statistics.median(peer[1:]):.2f}")
+        print(f"{rows[k][1]}: best rayrl update / plain torch loop {best / peer:.2f}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from rayrl.actors.logprobs import sampled_logprobs
 from rayrl.hardware import resolve_dtype
 
 
@@ -342,14 +343,8 @@ def token_logprobs(
     h, targets = predicting_states(
         model.get_decoder(), input_ids, attention_mask, loss_mask, position_ids, predictor, targets
     )
-    logits = model.get_output_embeddings()(h).float()
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    entropy = None
-    if with_entropy:
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
+    logits = model.get_output_embeddings()(h)
+    return sampled_logprobs(logits, targets, with_entropy, entropy_grad)
 
 
 class TokenLogprobs(torch.nn.Module):

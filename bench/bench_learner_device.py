@@ -3,6 +3,7 @@ vLLM or DeepSpeed) on this machine's device, packed and padded, against a plain 
 training step of the same batch in the same process (`plain_loop`). Prints a table.
 
     .venv/bin/python bench/bench_learner_device.py [--updates 3] [--device cuda] [--attention sdpa eager]
+        [--micro-batch-size N | --max-tokens-per-pass N]
 
 The batch has the GRPO bench's shape (8 prompts x 4 samples, 28-token prompts, 24-48
 new tokens). The model is SmolLM2-135M-Instruct when its package is installed, else a
@@ -121,6 +122,12 @@ def main() -> None:
     parser.add_argument(
         "--micro-batch-size", type=int, default=None, help="sequences per pass (default: the config's)"
     )
+    parser.add_argument(
+        "--max-tokens-per-pass",
+        type=int,
+        default=None,
+        help="cut passes by tokens (learner.max_tokens_per_pass)",
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
     parser.add_argument(
         "--attention",
@@ -149,15 +156,17 @@ def main() -> None:
         path, model_name = model_path(folder)
         training = TrainingConfig(batch_size=n, group_size=args.samples, kl_coef=0.0, learning_rate=1e-7)
         for attention, packing in itertools.product(args.attention, (False, True)):
-            learner = LearnerConfig(packing=packing, attention=attention, micro_batch_size=size)
+            split = dict(packing=packing, attention=attention, micro_batch_size=size)
+            split["max_tokens_per_pass"] = args.max_tokens_per_pass
+            learner = LearnerConfig(**split)
             update = ActorLearner(path, training, learner).update
             times = timed(update, table, args.updates + 1, device)
-            reference = ReferenceConfig(packing=packing, attention=attention, micro_batch_size=size)
+            reference = ReferenceConfig(**split)
             score = ReferenceWorker(path, reference).compute_logprobs
             ref_times = timed(score, table, args.updates + 1, device)
             del update, score
             seqs = modeling.SequenceBatch(table)
-            micros = seqs.micro_batches(np.arange(n), size, packing)
+            micros = seqs.micro_batches(np.arange(n), size, packing, args.max_tokens_per_pass)
             tokens = sum(
                 seqs.forward_inputs(m, torch.device("cpu"), packing)["input_ids"].numel() for m in micros
             )
@@ -166,20 +175,26 @@ def main() -> None:
                     "packed" if packing else "padded",
                     modeling.attention_kernel(attention, device, trainable=True),
                     tokens,
+                    len(micros),
                     statistics.median(times[1:]),
                     statistics.median(ref_times[1:]),
                 )
             )
         peer = statistics.median(timed(plain_loop(path, device), table, args.updates + 1, device)[1:])
     print(f"\n{device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), {model_name}")
-    print(f"{n} sequences, micro-batches of {size}, median of {args.updates} after a warm-up\n")
-    print(f"{'passes':<8}{'attention':>10}{'tokens':>8}{'update (s)':>12}{'reference (s)':>15}")
-    for name, kernel, tokens, update, ref in rows:
-        print(f"{name:<8}{kernel:>10}{tokens:>8}{update:>12.2f}{ref:>15.2f}")
+    split = (
+        f"passes of at most {args.max_tokens_per_pass} tokens"
+        if args.max_tokens_per_pass
+        else (f"micro-batches of {size}")
+    )
+    print(f"{n} sequences, {split}, median of {args.updates} after a warm-up\n")
+    print(f"{'passes':<8}{'attention':>10}{'tokens':>8}{'count':>7}{'update (s)':>12}{'reference (s)':>15}")
+    for name, kernel, tokens, count, update, ref in rows:
+        print(f"{name:<8}{kernel:>10}{tokens:>8}{count:>7}{update:>12.2f}{ref:>15.2f}")
     print(f"{'plain torch loop, one padded pass':<34}{peer:>12.2f}")
     for k in range(0, len(rows), 2):
-        print(f"{rows[k][1]}: packed / padded update time {rows[k + 1][3] / rows[k][3]:.2f}")
-        best = min(rows[k][3], rows[k + 1][3])
+        print(f"{rows[k][1]}: packed / padded update time {rows[k + 1][4] / rows[k][4]:.2f}")
+        best = min(rows[k][4], rows[k + 1][4])
         print(f"{rows[k][1]}: best rayrl update / plain torch loop {best / peer:.2f}")
 
 

@@ -247,7 +247,16 @@ class _ModelRoleConfig(_Section):
 
     micro_batch_size: int = Field(16, ge=1)
     """Sequences per forward (and backward) pass; gradients accumulate across them. 16 suits
-    a CPU; on a GPU use as many as fit (README, "The trained roles on a GPU")."""
+    a CPU; on a GPU use as many as fit, or `max_tokens_per_pass` (README, "The trained
+    roles on a GPU")."""
+
+    max_tokens_per_pass: int | None = Field(None, ge=1)
+    """Cut micro-batches by tokens instead of sequences (verl's dynamic batch size): a
+    pass takes the next sequences while its tokens, padding included (rows times width,
+    packed or padded), stay within this budget, and `micro_batch_size` is not used. A
+    sequence longer than the budget gets a pass of its own. On a GPU this keeps passes
+    large without running out of memory on long episodes. Not with strategy deepspeed,
+    which fixes the passes of an optimizer step."""
 
     autocast_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """Mixed-precision compute dtype (weights stay float32). "auto": bfloat16 where the
@@ -648,6 +657,12 @@ class ConfigStore(_Section):
         if t.filter_groups and t.group_size < 2:
             raise ConfigError("training.filter_groups needs training.group_size >= 2")
         lrn = self.learner
+        for name, role in (("learner", lrn), ("critic", self.critic)):
+            if role.strategy == "deepspeed" and role.max_tokens_per_pass is not None:
+                raise ConfigError(
+                    f"{name}.max_tokens_per_pass needs {name}.strategy=torch: DeepSpeed fixes "
+                    f"the passes of an optimizer step (set {name}.micro_batch_size instead)"
+                )
         if lrn.lora_rank and lrn.strategy == "deepspeed" and lrn.zero_stage == 3:
             raise ConfigError(
                 "learner.lora_rank with learner.zero_stage=3 is not supported: merged LoRA weights "

@@ -132,6 +132,7 @@ class Critic:
             rows=rows,
             num_passes=num_passes,
             packing=self.config.packing,
+            max_tokens=self.config.max_tokens_per_pass,
         )
         modeling.release_memory(self.device, self.config.release_memory)
         return values

@@ -187,6 +187,7 @@ class ActorLearner:
                     self.device,
                     role.autocast_dtype,
                     packing=role.packing,
+                    max_tokens=role.max_tokens_per_pass,
                 )
             )
 

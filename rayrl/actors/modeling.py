@@ -178,16 +178,34 @@ class SequenceBatch:
         """Trainable tokens in the batch."""
         return int(self.token_offsets[-1])
 
-    def micro_batches(self, rows: np.ndarray, size: int, packing: bool = False) -> list[np.ndarray]:
+    def micro_batches(
+        self, rows: np.ndarray, size: int, packing: bool = False, max_tokens: int | None = None
+    ) -> list[np.ndarray]:
         """Split `rows` into micro-batches: of similar lengths (less padding), or with
-        `packing`, rows of one prompt together (a packed pass holds each prompt once)."""
+        `packing`, rows of one prompt together (a packed pass holds each prompt once).
+        `size` rows each, or with `max_tokens` as many as keep the pass's tokens (its rows
+        times their width, padding included) within it; a row longer than that gets a pass
+        of its own."""
         if packing:
             first: dict[bytes, int] = {}
             keys = [first.setdefault(self.prompt_key(r), i) for i, r in enumerate(rows)]
             rows = rows[np.argsort(keys, kind="stable")]
         else:
             rows = rows[np.argsort(self.lengths[rows], kind="stable")]
-        return [rows[i : i + size] for i in range(0, len(rows), size)]
+        if max_tokens is None:
+            return [rows[i : i + size] for i in range(0, len(rows), size)]
+        cuts, start = [], 0
+        packs: dict = {}  # the pass's rows as passed (one per prompt when packing): tokens each
+        width = 0
+        for i, r in enumerate(rows):
+            key, shared = (self.prompt_key(r), self.prompt_length(r)) if packing else (i, 0)
+            row = packs.get(key, shared) + int(self.lengths[r]) - shared
+            if i > start and (len(packs) + (key not in packs)) * max(width, row) > max_tokens:
+                cuts.append(rows[start:i])
+                start, packs, width, row = i, {}, 0, int(self.lengths[r])
+            packs[key] = row
+            width = max(width, row)
+        return [*cuts, rows[start:]] if len(rows) else []
 
     def prompt_length(self, row: int) -> int:
         """Tokens of `row` before its first trainable one (its prompt)."""
@@ -374,6 +392,7 @@ def batch_logprobs(
     rows: np.ndarray | None = None,
     num_passes: int | None = None,
     packing: bool = False,
+    max_tokens: int | None = None,
 ) -> np.ndarray:
     """Flat float32 per-token outputs of `forward` (log-probs, or a critic's values) for
     the trainable tokens of `rows`, in table order.
@@ -385,11 +404,13 @@ def batch_logprobs(
             output is dropped when the rows need fewer (ZeRO-3's forward is a collective
             that every rank enters equally often).
         packing: pass each micro-batch packed (`SequenceBatch.packed`) instead of padded.
+        max_tokens: cut micro-batches by this many tokens a pass instead of by
+            `micro_batch_size` rows (`SequenceBatch.micro_batches`).
     """
     rows = np.arange(len(batch)) if rows is None else rows
     base = int(batch.token_offsets[rows[0]]) if len(rows) else 0
     out = np.zeros(int(batch.token_counts[rows].sum()), dtype=np.float32)
-    micros = batch.micro_batches(rows, micro_batch_size, packing)
+    micros = batch.micro_batches(rows, micro_batch_size, packing, max_tokens)
     passes = [(m, True) for m in micros]
     if num_passes is not None:
         filler = micros[0] if micros else np.zeros(1, dtype=np.int64)

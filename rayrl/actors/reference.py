@@ -47,6 +47,7 @@ class ReferenceWorker:
             self.config.autocast_dtype,
             rows=modeling.row_shard(len(seqs), self.rank, self.world_size),
             packing=self.config.packing,
+            max_tokens=self.config.max_tokens_per_pass,
         )
         modeling.release_memory(self.device, self.config.release_memory)
         return logprobs

@@ -97,22 +97,24 @@ def rank_micro_batches(
     world_size: int,
     fixed_count: int | None = None,
     packing: bool = False,
+    max_tokens: int | None = None,
 ) -> list[tuple[np.ndarray, float]]:
     """This rank's micro-batches of `rows`, as (rows, loss weight).
 
-    Rank r takes every world_size-th row. Ranks may end up with different numbers of
-    micro-batches (or none), but ZeRO-3's forward and every strategy's gradient
-    reduction are collectives that all ranks must enter equally often (and DeepSpeed
-    wants `fixed_count` per step), so a rank with fewer pads with weight-0 passes over
-    a row it already has (or any row).
+    Rank r takes every world_size-th row, split by `SequenceBatch.micro_batches`. Ranks
+    may end up with different numbers of micro-batches (or none), but ZeRO-3's forward
+    and every strategy's gradient reduction are collectives that all ranks must enter
+    equally often (and DeepSpeed wants `fixed_count` per step), so a rank with fewer
+    pads with weight-0 passes over a row it already has (or any row).
     """
     shares = [rows[r::world_size] for r in range(world_size)]
-    needed = max(-(-len(share) // micro_batch_size) for share in shares)
+    splits = [seqs.micro_batches(share, micro_batch_size, packing, max_tokens) for share in shares]
+    needed = max(len(split) for split in splits)
     if fixed_count is not None:
         if needed > fixed_count:
             raise ValueError(f"{needed} micro-batches per rank needed, the strategy takes {fixed_count}")
         needed = fixed_count
-    micros = [(r, 1.0) for r in seqs.micro_batches(shares[rank], micro_batch_size, packing)]
+    micros = [(r, 1.0) for r in splits[rank]]
     filler = shares[rank][:1] if len(shares[rank]) else rows[:1]
     return micros + [(filler, 0.0)] * (needed - len(micros))
 
@@ -135,6 +137,7 @@ class _DataParallel:
     world_size: int = 1
     micro_batches_per_step: int | None = None  # any number, as each mini-batch needs
     packing: bool = False  # passes packed (`SequenceBatch.packed`) instead of padded
+    max_tokens: int | None = None  # micro-batches cut by tokens, not rows
 
     def micro_batches(
         self, seqs: SequenceBatch, rows: np.ndarray, micro_batch_size: int, device: torch.device
@@ -148,6 +151,7 @@ class _DataParallel:
             self.world_size,
             self.micro_batches_per_step,
             self.packing,
+            self.max_tokens,
         )
         for k, (part, weight) in enumerate(micros):
             inputs = seqs.forward_inputs(part, device, self.packing)
@@ -207,6 +211,7 @@ class TorchStrategy(_DataParallel):
         self.forward = module
         self.optim = optim
         self.packing = role.packing
+        self.max_tokens = role.max_tokens_per_pass
         self.world_size = world_size
         if world_size > 1:
             # buffers (rotary tables) are constants: no broadcast before every forward
@@ -289,6 +294,10 @@ class DeepSpeedStrategy(_DataParallel):
         self.world_size = world_size
         self.packing = role.packing
         self.stage = role.zero_stage
+        if role.max_tokens_per_pass is not None:
+            raise ValueError(
+                "max_tokens_per_pass needs the torch strategy: DeepSpeed fixes the passes per step"
+            )
         rows_per_rank = -(-schedule.batch_size // (schedule.num_mini_batches * world_size))
         self.micro_batches_per_step = max(1, -(-rows_per_rank // role.micro_batch_size))
         optimizer = torch.optim.AdamW(

@@ -77,11 +77,18 @@ def train(ray, tiny_model, world: int, **training):
         pytest.param({"strategy": "deepspeed", "zero_stage": 2}, marks=pytest.mark.slow),
         pytest.param({"strategy": "deepspeed", "zero_stage": 3}, marks=pytest.mark.slow),
         {"strategy": "deepspeed", "zero_stage": 3, "ppo_epochs": 2, "num_mini_batches": 2},
+        # passes cut by tokens: the ranks' shares take 2 and 3 passes (the short one pads)
+        {"strategy": "torch", "max_tokens_per_pass": 40},
     ],
-    ids=["torch", "zero0", "zero2", "zero3", "zero3_two_epochs_two_minibatches"],
+    ids=["torch", "zero0", "zero2", "zero3", "zero3_two_epochs_two_minibatches", "torch_token_budget"],
 )
 def test_two_ranks_match_one_rank_on_the_same_global_batch(ray_local, tiny_model, strategy):
     schedule = {k: strategy[k] for k in ("ppo_epochs", "num_mini_batches") if k in strategy}
+    if "max_tokens_per_pass" in strategy:
+        seqs = modeling.SequenceBatch(global_batch())
+        shares = [np.arange(7)[r::2] for r in range(2)]
+        passes = [len(seqs.micro_batches(s, 2, True, strategy["max_tokens_per_pass"])) for s in shares]
+        assert passes == [3, 2]
     before, one_metrics, (one,) = train(ray_local, tiny_model, 1, strategy="torch", **schedule)
     _, two_metrics, (rank0, rank1) = train(ray_local, tiny_model, 2, **strategy)
     # both ranks took the identical step
@@ -109,6 +116,23 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_model):
     plain, recomputed = results
     assert recomputed["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-5)
     assert recomputed["total_loss"] == pytest.approx(plain["total_loss"], rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_a_token_budget_changes_the_passes_not_the_update(tiny_model, packing):
+    """Micro-batches cut by tokens (max_tokens_per_pass) instead of rows sum to the same
+    gradient: same grad norm, loss and weights."""
+    seqs = modeling.SequenceBatch(global_batch())
+    assert len(seqs.micro_batches(np.arange(7), 2, packing, 30)) == 6  # 4 passes of 2 rows without it
+    results = []
+    for budget in (None, 30):
+        cfg = learner_config(tiny_model, kl_coef=0.0, packing=packing, max_tokens_per_pass=budget)
+        learner = ActorLearner(tiny_model, cfg.training, cfg.learner, "float32")
+        results.append((learner.update(global_batch()), learner.flat_parameters()))
+    (by_rows, w_rows), (by_tokens, w_tokens) = results
+    assert by_tokens["grad_norm"] == pytest.approx(by_rows["grad_norm"], rel=1e-5)
+    assert by_tokens["total_loss"] == pytest.approx(by_rows["total_loss"], rel=1e-5, abs=1e-7)
+    assert np.abs(w_tokens - w_rows).max() < LR / 10
 
 
 def test_rollout_correction_weighs_each_tokens_policy_loss(tiny_model):

@@ -181,3 +181,13 @@ def test_each_model_role_gets_its_own_section():
     )
     assert "micro_batch_size" not in type(config.training).model_fields
     assert set(config.to_dict()) >= {"training", "learner", "reference", "critic"}
+
+
+@pytest.mark.parametrize("role", ["learner", "critic"])
+def test_a_token_budget_per_pass_needs_the_torch_strategy(role):
+    config = ConfigStore.from_dict({}, overrides=[f"{role}.max_tokens_per_pass=4096"])
+    assert getattr(config, role).max_tokens_per_pass == 4096
+    with pytest.raises(ConfigError, match=rf"{role}.max_tokens_per_pass needs {role}.strategy=torch"):
+        ConfigStore.from_dict(
+            {}, overrides=[f"{role}.max_tokens_per_pass=4096", f"{role}.strategy=deepspeed"]
+        )

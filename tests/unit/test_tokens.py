@@ -113,6 +113,28 @@ def test_a_packed_pass_holds_each_prompt_once_and_keeps_groups_together():
     assert not mask[second_row_start, first_row_start : first_row_start + 2].any()  # but not row 0
 
 
+@pytest.mark.parametrize("packing", [False, True])
+@pytest.mark.parametrize("budget", [1, 12, 20, 40, 10_000])
+def test_micro_batches_by_token_budget(packing, budget):
+    """Each pass holds as many rows as keep its tokens, as computed (rows x width,
+    padding included), within the budget: the next row would have broken it."""
+    batch = modeling.SequenceBatch(_grouped_table())
+    rows = np.array([3, 0, 6, 4, 1, 5, 2])
+    cuts = batch.micro_batches(rows, 2, packing=packing, max_tokens=budget)
+    assert sorted(np.concatenate(cuts).tolist()) == sorted(rows.tolist())
+    assert np.concatenate(cuts).tolist() == np.concatenate(batch.micro_batches(rows, 2, packing)).tolist()
+
+    def tokens(part):
+        return batch.forward_inputs(part, torch.device("cpu"), packing)["input_ids"].numel()
+
+    for k, part in enumerate(cuts):
+        assert tokens(part) <= budget or len(part) == 1
+        if k + 1 < len(cuts):
+            assert tokens(np.append(part, cuts[k + 1][0])) > budget
+    assert len(cuts) == (len(rows) if budget == 1 else 1 if budget == 10_000 else len(cuts))
+    assert batch.micro_batches(rows[:0], 2, packing=packing, max_tokens=budget) == []
+
+
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_packed_passes_equal_padded_ones_in_values_and_gradients(tiny_model, attention):
     from rayrl.actors.critic import ValueModel
@@ -232,3 +254,15 @@ def test_load_tokenizer_leaves_torch_unimported_and_falls_back_to_auto_tokenizer
     from rayrl.agent.chat_tokens import load_tokenizer
 
     assert type(load_tokenizer(other)).__name__ == "GPT2Tokenizer"
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_scoring_passes_cut_by_tokens_give_the_same_logprobs(tiny_model, packing):
+    model = modeling.load_causal_lm(tiny_model, torch.device("cpu"), trainable=False)
+    batch = modeling.SequenceBatch(_grouped_table())
+    forward = modeling.TokenLogprobs(model)
+    cpu = torch.device("cpu")
+    by_rows = modeling.batch_logprobs(forward, batch, 2, cpu, "float32", packing=packing)
+    by_tokens = modeling.batch_logprobs(forward, batch, 2, cpu, "float32", packing=packing, max_tokens=12)
+    assert len(batch.micro_batches(np.arange(len(batch)), 2, packing, 12)) != 4
+    np.testing.assert_allclose(by_tokens, by_rows, rtol=1e-5, atol=1e-6)

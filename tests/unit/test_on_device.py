@@ -167,8 +167,10 @@ def test_reference_logprobs_equal_a_plain_forward(small_llama, device, monkeypat
         torch.testing.assert_close(got, want, rtol=0, atol=tol)
 
 
-@pytest.mark.parametrize("packing", [True, False])
-def test_one_learner_update_on_the_device_matches_float64(small_llama, device, packing, monkeypatch):
+@pytest.mark.parametrize(
+    "packing, budget", [(True, None), (False, None), (True, 64)], ids=["packed", "padded", "token_budget"]
+)
+def test_one_learner_update_on_the_device_matches_float64(small_llama, device, packing, budget, monkeypatch):
     """One on-policy GRPO update with the torch strategy in bf16 autocast: its loss and
     gradient norm against the same objective computed in float64 on the CPU."""
     from rayrl.actors.learner import ActorLearner
@@ -181,7 +183,11 @@ def test_one_learner_update_on_the_device_matches_float64(small_llama, device, p
         batch_size=6, group_size=3, kl_coef=0.0, learning_rate=1e-3, rollout_correction="none"
     )
     learner = ActorLearner(
-        small_llama, training, LearnerConfig(micro_batch_size=4, autocast_dtype="bfloat16", packing=packing)
+        small_llama,
+        training,
+        LearnerConfig(
+            micro_batch_size=4, autocast_dtype="bfloat16", packing=packing, max_tokens_per_pass=budget
+        ),
     )
     assert next(learner.model.parameters()).device.type == device.type
     metrics = learner.update(table)

@@ -253,7 +253,8 @@ def test_a_learner_that_still_is_the_reference_gives_the_update_a_reference_pass
     assert own["grad_norm"] != pytest.approx(none["grad_norm"], rel=1e-3)  # the KL term is in the update
 
 
-def test_one_critic_update_on_the_device_matches_float64(small_llama, device, monkeypatch):
+@pytest.mark.parametrize("budget", [None, 64], ids=["by_rows", "token_budget"])
+def test_one_critic_update_on_the_device_matches_float64(small_llama, device, budget, monkeypatch):
     """One clipped value-regression step of the critic (torch strategy, bf16 autocast):
     its value loss and gradient norm against the same objective in float64 on the CPU,
     from the same initial weights (the value head is freshly drawn)."""
@@ -266,7 +267,8 @@ def test_one_critic_update_on_the_device_matches_float64(small_llama, device, mo
     monkeypatch.setattr(modeling, "pick_device", lambda: device)
     table = rollout_table()
     training = TrainingConfig(batch_size=6, group_size=3, adv_estimator="gae", rollout_correction="none")
-    critic = Critic(small_llama, training, CriticConfig(micro_batch_size=4, autocast_dtype="bfloat16"))
+    config = CriticConfig(micro_batch_size=4, autocast_dtype="bfloat16", max_tokens_per_pass=budget)
+    critic = Critic(small_llama, training, config)
     assert next(critic.model.parameters()).device.type == device.type
     reference = copy.deepcopy(critic.model).to("cpu", torch.float64)
 

@@ -77,7 +77,7 @@ def train(ray, tiny_model, world: int, **training):
         pytest.param({"strategy": "deepspeed", "zero_stage": 2}, marks=pytest.mark.slow),
         pytest.param({"strategy": "deepspeed", "zero_stage": 3}, marks=pytest.mark.slow),
         {"strategy": "deepspeed", "zero_stage": 3, "ppo_epochs": 2, "num_mini_batches": 2},
-        # passes cut by tokens: the ranks' shares take 2 and 3 passes (the short one pads)
+        # passes cut by tokens: rank 0's share takes 3 passes, rank 1's 2 and a weight-0 one
         {"strategy": "torch", "max_tokens_per_pass": 40},
     ],
     ids=["torch", "zero0", "zero2", "zero3", "zero3_two_epochs_two_minibatches", "torch_token_budget"],

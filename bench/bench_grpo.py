@@ -6,7 +6,9 @@ against raw vLLM on the same prompts, and weight-sync GB/s. Prints a table.
 
 `--peer trl` needs the bench extra (`.venv/bin/pip install -e ".[bench]"`): TRL's
 GRPOTrainer runs on the same prompts, reward, shape, learning rate, KL coefficient and
-micro-batch size, and the table gives both medians and their ratio.
+micro-batch size (rayrl's, `--set` overrides included: `--set training.kl_coef=0` runs
+both without a reference model, TRL's own default), and the table gives both medians
+and their ratio.
 Raw vLLM runs twice, in its default processes and all in one process; the rollout ratio
 is against the faster. Parts run in separate processes one after the other, so they never
 share the cores.
@@ -113,7 +115,7 @@ def trl_steps(args) -> dict:
     from rayrl.hardware import resolve_dtype
     from rayrl.model_store import resolve_model
 
-    defaults = ConfigStore.from_dict({})
+    defaults = ConfigStore.from_dict({}, overrides=args.set)  # the same settings as rayrl's part
     env = MathFeedbackEnvironment(EnvironmentConfig())
     tasks = _tasks(args.prompts * (args.steps + 1))
     data = Dataset.from_list(

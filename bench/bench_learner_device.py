@@ -156,8 +156,12 @@ def main() -> None:
         path, model_name = model_path(folder)
         training = TrainingConfig(batch_size=n, group_size=args.samples, kl_coef=0.0, learning_rate=1e-7)
         for attention, packing in itertools.product(args.attention, (False, True)):
-            split = dict(packing=packing, attention=attention, micro_batch_size=size)
-            split["max_tokens_per_pass"] = args.max_tokens_per_pass
+            split = dict(
+                packing=packing,
+                attention=attention,
+                micro_batch_size=size,
+                max_tokens_per_pass=args.max_tokens_per_pass,
+            )
             learner = LearnerConfig(**split)
             update = ActorLearner(path, training, learner).update
             times = timed(update, table, args.updates + 1, device)

@@ -188,6 +188,20 @@ def _sum_hook(state, bucket):  # no annotations: DDP checks them against the rea
     return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda fut: fut.value()[0])
 
 
+def adamw(module: torch.nn.Module, optim: OptimizerSettings) -> torch.optim.AdamW:
+    """torch's AdamW over `module`'s parameters, fused (one kernel per tensor) where torch
+    has that kernel for their device. On CPU torch otherwise takes its per-tensor loop of
+    separate operations: a step of the 135M default took 0.25 s that way and 0.05-0.08 s
+    fused (2 cores, 2026-12-04), with the same weights to one float32 rounding."""
+    devices = {p.device.type for p in module.parameters()}
+    return torch.optim.AdamW(
+        module.parameters(),
+        lr=optim.learning_rate,
+        weight_decay=optim.weight_decay,
+        fused=devices <= {"cpu", "cuda"} or None,
+    )
+
+
 class TorchStrategy(_DataParallel):
     """Plain torch AdamW; with several ranks, torch's DistributedDataParallel sums the
     gradients (see the module docstring).
@@ -219,9 +233,7 @@ class TorchStrategy(_DataParallel):
             # DDP averages over ranks; the losses are written for the sum (global
             # denominators), so the hook all-reduces without dividing.
             self.forward.register_comm_hook(None, _sum_hook)
-        self.optimizer = torch.optim.AdamW(
-            module.parameters(), lr=optim.learning_rate, weight_decay=optim.weight_decay
-        )
+        self.optimizer = adamw(module, optim)
         self._params = [p for p in module.parameters() if p.requires_grad]
 
     def micro_batches(
@@ -300,9 +312,7 @@ class DeepSpeedStrategy(_DataParallel):
             )
         rows_per_rank = -(-schedule.batch_size // (schedule.num_mini_batches * world_size))
         self.micro_batches_per_step = max(1, -(-rows_per_rank // role.micro_batch_size))
-        optimizer = torch.optim.AdamW(
-            module.parameters(), lr=optim.learning_rate, weight_decay=optim.weight_decay
-        )
+        optimizer = adamw(module, optim)
         ds_config = {
             # rayrl splits batches itself; these only satisfy DeepSpeed's bookkeeping
             "train_micro_batch_size_per_gpu": 1,

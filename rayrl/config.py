@@ -278,12 +278,14 @@ class _ModelRoleConfig(_Section):
     sequences (an update 0.87x the time; bench/bench_learner_device.py --attention sdpa
     eager), else sdpa (the reference's forward-only pass, GPUs)."""
 
-    release_memory: bool = True
+    release_memory: bool | Literal["auto"] = "auto"
     """After each pass on CPU, return freed heap to the system, so an idle role holds its
     weights and optimizer state, not its activation peak, while the others take their
     turn (on GPU, torch's caching allocator keeps its blocks and this does nothing).
-    Costs the next pass its page faults (~2 s per PPO update of the default model on 2
-    cores); turn off when memory is plenty."""
+    Costs the next pass its page faults: the default job's learner update took 0.9-1.1 s
+    longer with it (6.8-7.6 s against 5.7-6.7 s, bench/bench_grpo.py, 2 cores), while
+    holding ~2.1 GB idle against ~4.5 GB without. "auto": only when less than a quarter of
+    the machine's (or container's) memory is left after the pass."""
 
 
 class _TrainedRoleConfig(_ModelRoleConfig):

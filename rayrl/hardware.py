@@ -42,3 +42,63 @@ def resolve_dtype(name: str, device_type: str) -> str:
     if name != "auto":
         return name
     return "bfloat16" if native_bf16(device_type) else "float32"
+
+
+def memory_available_fraction(
+    cgroup_root: str = "/sys/fs/cgroup", self_cgroup: str = "/proc/self/cgroup"
+) -> float:
+    """Memory this process could still take, as a fraction of what it may take in all: the
+    machine's (`MemAvailable` over `MemTotal`), or its container's where a cgroup limit is
+    tighter (v2 `memory.max`, v1 `memory.limit_in_bytes`, of this process's cgroup or of
+    the mounted root; reclaimable page cache counts as available, as the kernel counts
+    it). 1.0 where neither can be read."""
+    try:
+        info = {
+            line.split(":")[0]: int(line.split()[1]) * 1024
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith(("MemTotal:", "MemAvailable:"))
+        }
+        total, available = info["MemTotal"], info["MemAvailable"]
+    except (OSError, KeyError, ValueError, IndexError):  # not Linux
+        return 1.0
+    limit = _cgroup_memory(Path(cgroup_root), self_cgroup)
+    if limit is not None and limit[0] < total:
+        total, available = limit[0], min(available, limit[0] - limit[1])
+    return max(0.0, min(1.0, available / total)) if total > 0 else 1.0
+
+
+def _cgroup_memory(root: Path, self_cgroup: str) -> tuple[int, int] | None:
+    """(limit, usage less reclaimable page cache) of this process's memory cgroup; None
+    where there is no limit or none can be read."""
+    try:
+        lines = Path(self_cgroup).read_text().splitlines()
+    except OSError:
+        lines = []
+    own = {"v2": "/", "v1": "/"}
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            own["v2"] = path
+        elif "memory" in controllers.split(","):
+            own["v1"] = path
+    layouts = (
+        ("v2", root, "memory.max", "memory.current", "inactive_file"),
+        ("v1", root / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+    )
+    for version, base, limit_name, usage_name, cache_key in layouts:
+        for folder in dict.fromkeys((base / own[version].lstrip("/"), base)):
+            try:
+                limit = int((folder / limit_name).read_text().strip())  # "max": no limit, raises
+                usage = int((folder / usage_name).read_text().strip())
+            except (OSError, ValueError):
+                continue
+            cache = 0
+            try:
+                for line in (folder / "memory.stat").read_text().splitlines():
+                    key, _, value = line.partition(" ")
+                    if key == cache_key:
+                        cache = int(value)
+            except (OSError, ValueError):
+                pass
+            return limit, max(0, usage - cache)
+    return None

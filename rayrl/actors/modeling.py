@@ -20,7 +20,7 @@ import pyarrow as pa
 import torch
 
 from rayrl.actors.logprobs import sampled_logprobs
-from rayrl.hardware import resolve_dtype
+from rayrl.hardware import memory_available_fraction, resolve_dtype
 
 
 def pick_device() -> torch.device:
@@ -99,14 +99,20 @@ def set_rng_state(rng: np.random.Generator, state: dict) -> None:
 
 _heap_frozen = False  # release_memory's first call freezes the long-lived heap
 
+RELEASE_BELOW = 0.25
+"""`release_memory="auto"` gives the heap back when less than this fraction of the
+machine's (or container's) memory is left after a pass."""
 
-def release_memory(device: torch.device, enabled: bool = True) -> None:
+
+def release_memory(device: torch.device, enabled: bool | str = True) -> None:
     """Give memory freed by a finished pass back to the system.
 
     On CPU, glibc keeps the activations of a forward/backward pass in its heap after
     they are freed, so an idle learner or critic would hold its peak (~6 GB for the
     135M default at 16 x 160 tokens) while the other roles take their turn; trimming
-    leaves the weights and optimizer state (~2 GB). On GPU, torch's caching allocator
+    leaves the weights and optimizer state (~2 GB), and the next pass faults the pages
+    in again. `enabled="auto"` trims only when memory is short (`RELEASE_BELOW`).
+    On GPU, torch's caching allocator
     keeps its blocks for the next pass, which is what it is for, so nothing is done: the
     garbage collection alone cost a learner update 0.2 s of its 0.5 s on an H200
     (bench_learner_device.py's batch, 2026-12-04).
@@ -125,6 +131,13 @@ def release_memory(device: torch.device, enabled: bool = True) -> None:
     if not _heap_frozen:
         gc.freeze()
         _heap_frozen = True
+    if enabled == "auto" and memory_available_fraction() >= RELEASE_BELOW:
+        return
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Hand the heap's free pages back to the system (glibc's `malloc_trim`)."""
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL("libc.so.6").malloc_trim(0)

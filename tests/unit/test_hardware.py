@@ -1,4 +1,5 @@
-""" "auto" dtypes pick bf16 only where the hardware has it."""
+"""What the machine offers: "auto" dtypes pick bf16 only where the hardware has it; the
+memory left, as `release_memory="auto"` reads it."""
 
 from pathlib import Path
 
@@ -35,3 +36,67 @@ def test_autocast_is_a_no_op_in_float32(name, monkeypatch):
         monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
         with modeling.autocast(torch.device("cpu"), name):
             assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def meminfo() -> tuple[int, int]:
+    info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in open("/proc/meminfo")}
+    return info["MemTotal"], info["MemAvailable"]
+
+
+def write(folder: Path, **files) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name.replace("__", ".")).write_text(text)
+
+
+def test_memory_left_is_the_machines_without_a_cgroup_limit(tmp_path):
+    write(tmp_path / "job", memory__max="max\n", memory__current="123\n")
+    (tmp_path / "self").write_text("0::/job\n")
+    total, available = meminfo()
+    got = hardware.memory_available_fraction(str(tmp_path), str(tmp_path / "self"))
+    assert got == pytest.approx(available / total, abs=0.05)
+
+
+def test_memory_left_is_the_containers_under_a_tighter_cgroup_limit(tmp_path):
+    gib, mib = 2**30, 2**20
+    # v2: this process's cgroup, page cache that can be reclaimed counted as free
+    write(
+        tmp_path / "v2" / "job",
+        memory__max=f"{gib}\n",
+        memory__current=f"{900 * mib}\n",
+        memory__stat=f"anon {700 * mib}\ninactive_file {100 * mib}\n",
+    )
+    (tmp_path / "self2").write_text("0::/job\n")
+    got = hardware.memory_available_fraction(str(tmp_path / "v2"), str(tmp_path / "self2"))
+    assert got == pytest.approx((gib - 800 * mib) / gib)
+    # v1 mounted at the container's own cgroup: the path /proc/self/cgroup names is not there
+    write(
+        tmp_path / "v1" / "memory",
+        memory__limit_in_bytes=f"{2 * gib}\n",
+        memory__usage_in_bytes=f"{gib}\n",
+        memory__stat=f"total_inactive_file {gib // 2}\n",
+    )
+    (tmp_path / "self1").write_text("4:memory:/process_api/abc\n0::/\n")
+    got = hardware.memory_available_fraction(str(tmp_path / "v1"), str(tmp_path / "self1"))
+    assert got == pytest.approx(0.75)
+
+
+def test_release_memory_auto_trims_only_when_memory_is_short(monkeypatch):
+    import torch
+
+    from rayrl.actors import modeling
+
+    trims = []
+    monkeypatch.setattr(modeling, "_trim_heap", lambda: trims.append(1))
+    cpu = torch.device("cpu")
+    for left, expected in ((0.9, 0), (0.1, 1)):
+        trims.clear()
+        monkeypatch.setattr(modeling, "memory_available_fraction", lambda left=left: left)
+        modeling.release_memory(cpu, "auto")
+        assert len(trims) == expected
+    trims.clear()
+    modeling.release_memory(cpu, True)  # always, whatever is left
+    modeling.release_memory(cpu, False)  # never
+    modeling.release_memory(torch.device("meta"), "auto")  # off the CPU: nothing to trim
+    assert len(trims) == 1
+    assert ConfigStore.from_dict({}).learner.release_memory == "auto"

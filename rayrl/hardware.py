@@ -1,10 +1,11 @@
-"""What the machine computes well: bf16 only where the hardware has it.
+"""What the machine offers: bf16 only where the hardware has it, and the memory left.
 
 bf16 halves memory traffic and, on CPUs with AVX512-BF16 or AMX and on recent GPUs,
 runs matrix products natively. Elsewhere it is emulated: on an AVX2-only CPU a bf16
 matrix product measured 0.3 GFLOP/s against 123 GFLOP/s in float32 (2 cores,
 2048 x 2048), which turned a one-second learner pass into minutes. So "auto" dtypes
-pick bf16 only where it is native and float32 otherwise.
+pick bf16 only where it is native and float32 otherwise. `memory_available_fraction`
+tells the roles whether to give freed memory back after a pass (`release_memory`).
 """
 
 from __future__ import annotations
@@ -76,7 +77,10 @@ def _cgroup_memory(root: Path, self_cgroup: str) -> tuple[int, int] | None:
         lines = []
     own = {"v2": "/", "v1": "/"}
     for line in lines:
-        _, controllers, path = line.split(":", 2)
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
         if controllers == "":
             own["v2"] = path
         elif "memory" in controllers.split(","):

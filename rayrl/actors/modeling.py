@@ -112,10 +112,9 @@ def release_memory(device: torch.device, enabled: bool | str = True) -> None:
     135M default at 16 x 160 tokens) while the other roles take their turn; trimming
     leaves the weights and optimizer state (~2 GB), and the next pass faults the pages
     in again. `enabled="auto"` trims only when memory is short (`RELEASE_BELOW`).
-    On GPU, torch's caching allocator
-    keeps its blocks for the next pass, which is what it is for, so nothing is done: the
-    garbage collection alone cost a learner update 0.2 s of its 0.5 s on an H200
-    (bench_learner_device.py's batch, 2026-12-04).
+    On GPU, torch's caching allocator keeps its blocks for the next pass, which is what
+    it is for, so nothing is done: the garbage collection alone cost a learner update
+    0.2 s of its 0.5 s on an H200 (bench_learner_device.py's batch, 2026-12-04).
     The first call also freezes what survives it (`gc.freeze`: the loaded model, the
     libraries, the optimizer's state) out of the collector's reach, as vLLM does after
     its start: a full collection then scans only what later passes leave, not ~400k

@@ -43,42 +43,52 @@ def meminfo() -> tuple[int, int]:
     return info["MemTotal"], info["MemAvailable"]
 
 
-def write(folder: Path, **files) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (folder / name.replace("__", ".")).write_text(text)
-
-
 def test_memory_left_is_the_machines_without_a_cgroup_limit(tmp_path):
-    write(tmp_path / "job", memory__max="max\n", memory__current="123\n")
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "memory.max").write_text("max\n")  # no limit
+    (tmp_path / "job" / "memory.current").write_text("123\n")
     (tmp_path / "self").write_text("0::/job\n")
     total, available = meminfo()
     got = hardware.memory_available_fraction(str(tmp_path), str(tmp_path / "self"))
     assert got == pytest.approx(available / total, abs=0.05)
 
 
-def test_memory_left_is_the_containers_under_a_tighter_cgroup_limit(tmp_path):
-    gib, mib = 2**30, 2**20
-    # v2: this process's cgroup, page cache that can be reclaimed counted as free
-    write(
-        tmp_path / "v2" / "job",
-        memory__max=f"{gib}\n",
-        memory__current=f"{900 * mib}\n",
-        memory__stat=f"anon {700 * mib}\ninactive_file {100 * mib}\n",
-    )
-    (tmp_path / "self2").write_text("0::/job\n")
-    got = hardware.memory_available_fraction(str(tmp_path / "v2"), str(tmp_path / "self2"))
-    assert got == pytest.approx((gib - 800 * mib) / gib)
-    # v1 mounted at the container's own cgroup: the path /proc/self/cgroup names is not there
-    write(
-        tmp_path / "v1" / "memory",
-        memory__limit_in_bytes=f"{2 * gib}\n",
-        memory__usage_in_bytes=f"{gib}\n",
-        memory__stat=f"total_inactive_file {gib // 2}\n",
-    )
-    (tmp_path / "self1").write_text("4:memory:/process_api/abc\n0::/\n")
-    got = hardware.memory_available_fraction(str(tmp_path / "v1"), str(tmp_path / "self1"))
-    assert got == pytest.approx(0.75)
+GIB, MIB = 2**30, 2**20
+
+
+@pytest.mark.parametrize(
+    "folder, files, self_cgroup, expected",
+    [
+        # v2, this process's own cgroup; page cache that can be reclaimed counts as free
+        (
+            "job",
+            {"memory.max": GIB, "memory.current": 900 * MIB, "memory.stat": f"inactive_file {100 * MIB}"},
+            "0::/job",
+            (GIB - 800 * MIB) / GIB,
+        ),
+        # v1 mounted at the container's own cgroup: the path /proc/self/cgroup names is not there
+        (
+            "memory",
+            {
+                "memory.limit_in_bytes": 2 * GIB,
+                "memory.usage_in_bytes": GIB,
+                "memory.stat": f"total_inactive_file {GIB // 2}",
+            },
+            "4:memory:/process_api/abc\n0::/",
+            0.75,
+        ),
+    ],
+    ids=["v2", "v1"],
+)
+def test_memory_left_is_the_containers_under_a_tighter_cgroup_limit(
+    tmp_path, folder, files, self_cgroup, expected
+):
+    (tmp_path / folder).mkdir()
+    for name, value in files.items():
+        (tmp_path / folder / name).write_text(f"{value}\n")
+    (tmp_path / "self").write_text(self_cgroup + "\n")
+    got = hardware.memory_available_fraction(str(tmp_path), str(tmp_path / "self"))
+    assert got == pytest.approx(expected)
 
 
 def test_release_memory_auto_trims_only_when_memory_is_short(monkeypatch):

@@ -189,7 +189,7 @@ def main() -> None:
     split = (
         f"passes of at most {args.max_tokens_per_pass} tokens"
         if args.max_tokens_per_pass
-        else (f"micro-batches of {size}")
+        else f"micro-batches of {size}"
     )
     print(f"{n} sequences, {split}, median of {args.updates} after a warm-up\n")
     print(f"{'passes':<8}{'attention':>10}{'tokens':>8}{'count':>7}{'update (s)':>12}{'reference (s)':>15}")

@@ -3,7 +3,7 @@
 # and peft but no Ray, vLLM or DeepSpeed (README: "The trained roles on a GPU").
 #
 #   scripts/device_check.sh --prepare [PYTHON_VERSION]   here: wheels of what such a machine
-#                                                         may lack, into .whl/ (a few MiB)
+#                                                         may lack, into .whl/ (~46 MB)
 #   scripts/device_check.sh                               there, from the repository root,
 #                                                         with .whl/ carried along
 #
@@ -13,14 +13,14 @@
 # Logs go to $OUT (else ./device_out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NEEDED=(pydantic pyyaml pyarrow pytest)
+NEEDED=(pydantic:pydantic yaml:pyyaml pyarrow:pyarrow pytest:pytest)  # module:package
 
 if [[ "${1:-}" == "--prepare" ]]; then
     pyver="${2:-3.12}"
     pip=.venv/bin/pip
     [[ -x $pip ]] || pip="python3 -m pip"
     $pip download --quiet --only-binary=:all: --platform manylinux2014_x86_64 \
-        --python-version "$pyver" --dest .whl "${NEEDED[@]}"
+        --python-version "$pyver" --dest .whl "${NEEDED[@]#*:}"
     echo "wheels for Python $pyver in .whl/ ($(du -sh .whl | cut -f1)); carry .whl to the device"
     exit 0
 fi
@@ -28,10 +28,9 @@ fi
 out="${OUT:-device_out}"
 mkdir -p "$out"
 py="${PYTHON:-python3}"
-for module in pydantic yaml pyarrow pytest; do
+for needed in "${NEEDED[@]}"; do
+    module=${needed%%:*} package=${needed#*:}
     if ! "$py" -c "import $module" 2>/dev/null; then
-        package=$module
-        [[ $module == yaml ]] && package=pyyaml
         [[ -d .whl ]] || { echo "$module is missing and there is no .whl/ (run --prepare here first)"; exit 1; }
         "$py" -m pip install --quiet --no-index --find-links .whl "$package"
     fi
@@ -49,10 +48,10 @@ status=0
 "$py" -m pytest -q -m gpu -p no:cacheprovider tests/unit/test_on_device.py 2>&1 | tee "$out/gpu_tests.log" \
     || status=1
 bench=(bench/bench_learner_device.py --attention sdpa)
-"${py}" "${bench[@]}" 2>&1 | tee "$out/bench_32.log" || status=1
-"${py}" "${bench[@]}" --prompts 64 --samples 8 2>&1 | tee "$out/bench_512_mbs16.log" || status=1
-"${py}" "${bench[@]}" --prompts 64 --samples 8 --micro-batch-size 512 2>&1 | tee "$out/bench_512_mbs512.log" \
+"$py" "${bench[@]}" 2>&1 | tee "$out/bench_32.log" || status=1
+"$py" "${bench[@]}" --prompts 64 --samples 8 2>&1 | tee "$out/bench_512_mbs16.log" || status=1
+"$py" "${bench[@]}" --prompts 64 --samples 8 --micro-batch-size 512 2>&1 | tee "$out/bench_512_mbs512.log" \
     || status=1
-"${py}" "${bench[@]}" --prompts 64 --samples 8 --max-tokens-per-pass 16384 2>&1 \
+"$py" "${bench[@]}" --prompts 64 --samples 8 --max-tokens-per-pass 16384 2>&1 \
     | tee "$out/bench_512_tokens16384.log" || status=1
 exit $status

@@ -220,8 +220,9 @@ class DirectLoad:
     a layer on the blocked kernel (`use_blocked_kernel`) instead keeps the received
     `BLOCKED` tensor as the weight it computes from.
     Other weights (embeddings, norms) are copied into the model's tensors (or, from shared
-    buckets, taken as they are), and each layer holding one (a tied LM head too) is
-    processed again.
+    buckets, taken as they are), and an LM head computing from one (tied to the embedding)
+    is processed again as soon as that has arrived, while the rest of the sync is on its
+    way; an input embedding only looks rows up, so its kernel is left alone.
 
     Use `DirectLoad.plan(model, spec)` (None where this does not apply), then per sync
     `start()`, `load(bucket)` for each bucket, `finish()`.
@@ -256,12 +257,18 @@ class DirectLoad:
                     shape = (sizes[i], layer.input_size_per_partition) if kind == "weight" else (sizes[i],)
                     gemm[f"{p}.{kind}"] = (layer, kind, i, len(parts), shape)
         params = dict(model.named_parameters(remove_duplicate=False))
-        holders: dict[int, list] = {}  # id of an embedding's tensor -> layers holding it
+        # an embedding's tensor -> the layers that compute logits with it (an input-only
+        # embedding just looks rows up, so its kernel needs no processing after a load)
+        heads = {id(m) for n, m in model.named_modules(remove_duplicate=False) if n.endswith("lm_head")}
+        holders: dict[int, list] = {}
+        embeddings: set[int] = set()
         for layer in model.modules():
             if isinstance(getattr(layer, "quant_method", None), UnquantizedEmbeddingMethod):
                 for t in layer._parameters.values():
                     if t is not None:
-                        holders.setdefault(id(t), []).append(layer)
+                        embeddings.add(id(t))
+                        if _computes_logits(layer, heads):
+                            holders.setdefault(id(t), []).append(layer)
         plain, plain_holders, sent = {}, {}, {t.name for t in spec}
         for t in spec:
             if t.name in gemm:
@@ -272,7 +279,7 @@ class DirectLoad:
             if target is None or tuple(target.shape) != t.shape:
                 return None
             owner = model.get_submodule(t.name.rpartition(".")[0])
-            if getattr(owner, "quant_method", None) is not None and id(target) not in holders:
+            if getattr(owner, "quant_method", None) is not None and id(target) not in embeddings:
                 return None
             plain[t.name] = target
             plain_holders[t.name] = holders.get(id(target), [])
@@ -292,7 +299,12 @@ class DirectLoad:
         self.fingerprinted = set(weight_sync.fingerprint_names(spec))
         self.prints: dict[str, int] = {}
         self.arrived: dict = {}  # (layer, kind) -> {part index: tensor}
-        self.reprocess: dict = {}  # id -> layer, in order
+        # layers holding plain weights -> how many of them are still to arrive; each is
+        # processed once its last one has, while later buckets are still on the way
+        self.waiting: dict = {}
+        for name in self.plain:
+            for layer in self.holders[name]:
+                self.waiting[layer] = self.waiting.get(layer, 0) + 1
         self.complete: dict = {}  # layer -> kinds still missing
         self.seconds = {"copy_s": 0.0, "process_s": 0.0}
         self.reblocked: set[int] = set()  # data_ptr of the blocked copies redone
@@ -314,8 +326,9 @@ class DirectLoad:
                 if name in self.fingerprinted:
                     self.prints[name] = weight_sync.checksum(held.detach())
                 for layer in self.holders[name]:
-                    if not self._reblock(layer):  # (an LM head re-blocks while the rest arrives)
-                        self.reprocess[id(layer)] = layer
+                    self.waiting[layer] -= 1
+                    if not self.waiting[layer] and not self._reblock(layer):
+                        self._process(layer)
                 continue
             layer, kind, i, count, _ = self.gemm[name]
             parts = self.arrived.setdefault((layer, kind), {})
@@ -328,9 +341,8 @@ class DirectLoad:
                     self._process(layer)
 
     def finish(self) -> None:
-        for layer in self.reprocess.values():
-            self._process(layer)
         missing = [layer for layer, kinds in self.complete.items() if kinds]
+        missing += [layer for layer, count in self.waiting.items() if count]
         if missing:
             raise RuntimeError(f"weight sync ended with {len(missing)} layers not fully received")
 
@@ -394,6 +406,21 @@ def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
     rows = sum(p.shape[0] for p in parts)
     offset = (first.data_ptr() - base.data_ptr()) // first.element_size()
     return base.reshape(-1)[offset : offset + rows * first[0].numel()].view(rows, *first.shape[1:])
+
+
+def _computes_logits(layer: torch.nn.Module, heads: set[int]) -> bool:
+    """Whether an embedding layer's kernel is used: it is an LM head (its own class, or
+    the model reaches it as `lm_head`), or of a kind this does not know (then assume so)."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import (
+        ParallelLMHead,
+        VocabParallelEmbedding,
+    )
+
+    return (
+        isinstance(layer, ParallelLMHead)
+        or id(layer) in heads
+        or not isinstance(layer, VocabParallelEmbedding)
+    )
 
 
 class _ExpectedReloadWarnings(logging.Filter):

@@ -39,6 +39,11 @@ class WeightSyncExtension:
         device = next(self.model_runner.model.parameters()).device
         self._rayrl_shared = weight_sync.share_memory(self._rayrl_group, rank, None, device)
         self._rayrl_aliases = _shared_parameters(self.model_runner.model)
+        for layer in _input_embeddings(self.model_runner.model):
+            # its packed copy (of the weights it was loaded with: syncs leave it alone) is
+            # freed; were the layer ever used as a GEMM, it computes from its current weight
+            if hasattr(layer, "cpu_linear"):
+                layer.cpu_linear = torch.nn.functional.linear
         logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(
             _ExpectedReloadWarnings()
         )
@@ -257,9 +262,9 @@ class DirectLoad:
                     shape = (sizes[i], layer.input_size_per_partition) if kind == "weight" else (sizes[i],)
                     gemm[f"{p}.{kind}"] = (layer, kind, i, len(parts), shape)
         params = dict(model.named_parameters(remove_duplicate=False))
-        # an embedding's tensor -> the layers that compute logits with it (an input-only
-        # embedding just looks rows up, so its kernel needs no processing after a load)
-        heads = {id(m) for n, m in model.named_modules(remove_duplicate=False) if n.endswith("lm_head")}
+        # an embedding's tensor -> the layers that compute logits with it (an input
+        # embedding just looks rows up: its kernel needs no processing after a load)
+        lookups = {id(m) for m in _input_embeddings(model)}
         holders: dict[int, list] = {}
         embeddings: set[int] = set()
         for layer in model.modules():
@@ -267,7 +272,7 @@ class DirectLoad:
                 for t in layer._parameters.values():
                     if t is not None:
                         embeddings.add(id(t))
-                        if _computes_logits(layer, heads):
+                        if id(layer) not in lookups:
                             holders.setdefault(id(t), []).append(layer)
         plain, plain_holders, sent = {}, {}, {t.name for t in spec}
         for t in spec:
@@ -408,19 +413,21 @@ def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
     return base.reshape(-1)[offset : offset + rows * first[0].numel()].view(rows, *first.shape[1:])
 
 
-def _computes_logits(layer: torch.nn.Module, heads: set[int]) -> bool:
-    """Whether an embedding layer's kernel is used: it is an LM head (its own class, or
-    the model reaches it as `lm_head`), or of a kind this does not know (then assume so)."""
+def _input_embeddings(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The vocabulary embeddings that only look rows up: not an LM head (by class, or
+    reached as `lm_head`). vLLM's load packs a GEMM kernel for them too, which nothing
+    calls."""
     from vllm.model_executor.layers.vocab_parallel_embedding import (
         ParallelLMHead,
         VocabParallelEmbedding,
     )
 
-    return (
-        isinstance(layer, ParallelLMHead)
-        or id(layer) in heads
-        or not isinstance(layer, VocabParallelEmbedding)
-    )
+    heads = {id(m) for n, m in model.named_modules(remove_duplicate=False) if n.endswith("lm_head")}
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, VocabParallelEmbedding) and not isinstance(m, ParallelLMHead) and id(m) not in heads
+    ]
 
 
 class _ExpectedReloadWarnings(logging.Filter):

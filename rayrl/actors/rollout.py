@@ -87,9 +87,13 @@ class RolloutWorker:
         self.engine = await EngineThread.start(args, threads)
         return {"device": "cuda" if on_gpu else "cpu", "load_s": time.perf_counter() - t0}
 
-    def _request(self, prompt_ids, max_tokens, temperature, top_p, seed, stop=None):
+    def _request(self, prompt_ids, max_tokens, temperature, top_p, seed, stop=None, streamed=False):
+        """The engine's outputs of one request: with `streamed`, each step's new tokens;
+        else only the finished output (no per-step outputs built and handed over, as in
+        vLLM's offline `LLM.generate`). Text is decoded only where stop strings need it."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
         params = SamplingParams(
             max_tokens=max_tokens or self.config.max_tokens,
@@ -98,6 +102,8 @@ class RolloutWorker:
             logprobs=0,
             seed=seed,
             stop=stop or None,
+            detokenize=bool(stop),
+            output_kind=RequestOutputKind.DELTA if streamed else RequestOutputKind.FINAL_ONLY,
         )
         return self.engine.generate(TokensPrompt(prompt_token_ids=list(prompt_ids)), params, uuid.uuid4().hex)
 
@@ -131,13 +137,10 @@ class RolloutWorker:
     ):
         """`generate` as it happens: yields a `Generation` of the tokens added since the
         previous one (the last carries the finish reason). `stop`: strings that end it."""
-        sent = 0
-        async for out in self._request(prompt_ids, max_tokens, temperature, top_p, seed, stop):
+        async for out in self._request(prompt_ids, max_tokens, temperature, top_p, seed, stop, streamed=True):
             completion = out.outputs[0]
-            ids = list(completion.token_ids[sent:])
-            entries = completion.logprobs[sent:]
-            sent += len(ids)
-            logprobs = [entry[tok].logprob for tok, entry in zip(ids, entries, strict=True)]
+            ids = list(completion.token_ids)
+            logprobs = [entry[tok].logprob for tok, entry in zip(ids, completion.logprobs or [], strict=True)]
             yield Generation(ids, logprobs, completion.finish_reason, self.weight_version)
 
     async def prompt_logprobs(self, token_ids: list[int]) -> list[float]:

@@ -100,3 +100,36 @@ def test_multi_turn_episode_masks_exactly_the_engine_tokens(ray_local, engine, d
             spans = "".join(str(m) for m in mask).strip("0").split("0")
             assert len([s for s in spans if s]) == 2
     assert two_turn >= 1, "expected at least one wrong first answer to 97 + 86"
+
+
+def test_whole_and_streamed_replies_agree_and_a_stop_string_ends_one(ray_local, engine, default_model):
+    """`generate` takes only the finished output and `stream` each step's new tokens: at
+    temperature 0 they are the same tokens and log-probs. Text is decoded only for stop
+    strings, and one ends the reply where it appears."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(default_model)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "Count from 1 to 20, separated by commas."}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    ids = tok.encode(text, add_special_tokens=False)
+    whole = ray_local.get(engine.generate.remote(ids, 24, 0.0))
+    parts = [ray_local.get(r) for r in engine.stream.options(num_returns="streaming").remote(ids, 24, 0.0)]
+    assert len(parts) > 3
+    assert [t for p in parts for t in p.token_ids] == whole.token_ids
+    np.testing.assert_allclose([x for p in parts for x in p.logprobs], whole.logprobs, atol=1e-5)
+    assert parts[-1].finish_reason == whole.finish_reason
+
+    head = tok.decode(whole.token_ids[:6])
+    stop = next(
+        s
+        for k in range(6, len(whole.token_ids))
+        if (s := tok.decode(whole.token_ids[k : k + 1]).strip()) and s not in head
+    )
+    stopped = ray_local.get(engine.generate.remote(ids, 24, 0.0, stop=[stop]))
+    assert stopped.finish_reason == "stop"
+    assert 6 <= len(stopped.token_ids) < len(whole.token_ids)
+    assert whole.token_ids[: len(stopped.token_ids)] == stopped.token_ids

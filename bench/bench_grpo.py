@@ -9,9 +9,12 @@ GRPOTrainer runs on the same prompts, reward, shape, learning rate, KL coefficie
 micro-batch size (rayrl's, `--set` overrides included: `--set training.kl_coef=0` runs
 both without a reference model, TRL's own default), and the table gives both medians
 and their ratio.
-Raw vLLM runs twice, in its default processes and all in one process; the rollout ratio
-is against the faster. Parts run in separate processes one after the other, so they never
-share the cores.
+Parts run in separate processes one after the other, so they never share the cores.
+Raw vLLM runs twice: in its default processes as a part of its own, and all in one
+process beside rayrl's part, where it is built before rayrl starts and then alternates
+with rayrl's same-prompt rollouts batch by batch (raw, rayrl, raw, ..., raw). The rollout
+ratio is each rayrl batch against the raw batches either side of it, so a machine that
+speeds up or slows down between parts (these move by up to 2x) does not enter it.
 """
 
 from __future__ import annotations
@@ -41,10 +44,12 @@ def peak_rss_mb(_actor=None) -> float:
     return total_kb / 1024
 
 
-def raw_vllm(args, in_process: bool = False) -> dict:
+def _raw_engine(args, in_process: bool):
     """Offline vLLM on the same chat prompts: the engine's own ceiling. By default vLLM's
     own layout (engine core and model worker in two child processes); `in_process`: both
-    in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0, no inter-process hop at all)."""
+    in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0, no inter-process hop at all).
+    Returns a function that generates one batch (all prompts, one sample each) and gives
+    its tokens/s."""
     import os
 
     if in_process:
@@ -59,17 +64,65 @@ def raw_vllm(args, in_process: bool = False) -> dict:
     path = resolve_model("SmolLM2-135M-Instruct")
     # the dtype rayrl's engines pick on this machine, so that the peer runs like for like
     llm = LLM(model=path, dtype=resolve_dtype("auto", "cpu"), max_model_len=1024, enforce_eager=True, seed=0)
-    prompts = [_prompt_ids(path, t) for t in _tasks(args.prompts * args.samples)]
+    prompts = [{"prompt_token_ids": _prompt_ids(path, t)} for t in _tasks(args.prompts * args.samples)]
     params = SamplingParams(max_tokens=args.max_tokens, temperature=1.0, logprobs=0)
-    llm.generate([{"prompt_token_ids": p} for p in prompts[:8]], params)  # warm-up
-    rates = []
-    for _ in range(3):
+    llm.generate(prompts[:8], params, use_tqdm=False)  # warm-up
+
+    def rate() -> float:
         t0 = time.perf_counter()
-        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-        n = sum(len(o.outputs[0].token_ids) for o in outs)
-        rates.append(n / (time.perf_counter() - t0))
-    key = "raw_inproc" if in_process else "raw_vllm"
-    return {f"{key}_tokens_per_s": statistics.median(rates), f"{key}_peak_mb": peak_rss_mb()}
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        return sum(len(o.outputs[0].token_ids) for o in outs) / (time.perf_counter() - t0)
+
+    return rate
+
+
+def raw_vllm(args) -> dict:
+    """Raw vLLM in its default processes, three batches."""
+    rate = _raw_engine(args, in_process=False)
+    rates = [rate() for _ in range(3)]
+    return {"raw_vllm_tokens_per_s": statistics.median(rates), "raw_vllm_peak_mb": peak_rss_mb()}
+
+
+def raw_sidecar(args) -> dict:
+    """Raw vLLM all in one process, kept alive next to rayrl's part: it prints READY, then
+    generates one batch per `rate` line on stdin (answering `RATE <tokens/s>`), and stops
+    at end of input. Idle, it uses no CPU, so the two alternate on the same cores."""
+    rate = _raw_engine(args, in_process=True)
+    print("READY", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "rate":
+            print(f"RATE {rate()}", flush=True)
+    return {"raw_inproc_peak_mb": peak_rss_mb()}
+
+
+class RawSidecar:
+    """The driver's end of `raw_sidecar`, a child process."""
+
+    def __init__(self, args):
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--part", "raw-sidecar", *_shape_args(args)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._expect("READY")
+
+    def _expect(self, prefix: str) -> str:
+        for line in self.proc.stdout:
+            if line.startswith(prefix):
+                return line[len(prefix) :].strip()
+        raise RuntimeError(f"raw vLLM sidecar ended (exit {self.proc.wait()}) before {prefix}")
+
+    def rate(self) -> float:
+        self.proc.stdin.write("rate\n")
+        self.proc.stdin.flush()
+        return float(self._expect("RATE "))
+
+    def close(self) -> dict:
+        self.proc.stdin.close()
+        out = json.loads(self._expect("RESULT "))
+        self.proc.wait()
+        return out
 
 
 def _tasks(n: int) -> list[dict]:
@@ -207,20 +260,31 @@ def rayrl_steps(args) -> dict:
         setup_s = time.perf_counter() - t0
         history = trainer.fit()
         syncs = [trainer.sync_weights() for _ in range(5)]
-        # Rollout throughput on exactly the prompts raw vLLM gets, one episode each.
-        rates = []
+        # Raw vLLM in one process, built only now so that it is not there during the steps
+        # (idle, its gloo threads still take ~2% of a core).
+        raw = RawSidecar(args)
+        # Rollout throughput on exactly the prompts raw vLLM gets, one episode each,
+        # alternating with raw vLLM: raw, rayrl, raw, rayrl, raw, rayrl, raw.
+        rates, raw_rates = [], [raw.rate()]
         for _ in range(3):
             _, stats_ref = trainer.runner.collect.options(num_returns=2).remote(
                 _tasks(args.prompts * args.samples), 1
             )
             stats = ray.get(stats_ref)
             rates.append(stats["response_tokens"] / stats["seconds"])
+            raw_rates.append(raw.rate())
         peaks = {
             role.value: sum(ray.get([a.__ray_call__.remote(peak_rss_mb) for a in group.members]))
             for role, group in trainer.groups.items()
         }
     finally:
         trainer.cleanup()
+    # raw vLLM again once Ray and rayrl's roles are gone: what their idle presence costs it
+    time.sleep(2)
+    raw_alone = statistics.median(raw.rate() for _ in range(3))
+    raw_result = raw.close()
+    # each rayrl batch against the mean of the raw batches either side of it
+    paired = [r / ((a + b) / 2) for r, a, b in zip(rates, raw_rates, raw_rates[1:], strict=False)]
     steady = history[1:] or history  # the first step includes engine warm-up
     med = {
         k: statistics.median(r[k] for r in steady)
@@ -238,6 +302,11 @@ def rayrl_steps(args) -> dict:
         "setup_s": setup_s,
         **med,
         "same_prompts_tokens_per_s": statistics.median(rates),
+        "raw_inproc_tokens_per_s": statistics.median(raw_rates),
+        "raw_inproc_alone_tokens_per_s": raw_alone,
+        "rollout_ratio_paired": statistics.median(paired),
+        "rollout_ratios": paired,
+        **raw_result,
         # end to end: from the learner's first send to every engine's proven load
         "sync_gb_per_s": statistics.median(s["bytes"] / s["wall_s"] / 1e9 for s in syncs),
         "sync_seconds": statistics.median(s["wall_s"] for s in syncs),
@@ -271,12 +340,12 @@ def main() -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a rayrl config override (repeatable)"
     )
     parser.add_argument("--peer", choices=["trl"], help="also run this peer's GRPO trainer, same run")
-    parser.add_argument("--part", choices=["raw", "raw-inproc", "rayrl", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--part", choices=["raw", "raw-sidecar", "rayrl", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:
         parts = {
             "raw": raw_vllm,
-            "raw-inproc": lambda a: raw_vllm(a, True),
+            "raw-sidecar": raw_sidecar,
             "rayrl": rayrl_steps,
             "trl": trl_steps,
         }
@@ -289,22 +358,8 @@ def main() -> None:
         except ImportError:
             raise SystemExit('--peer trl needs TRL: .venv/bin/pip install -e ".[bench]"') from None
     results = {}
-    for part in ("raw", "raw-inproc", "rayrl", *([args.peer] if args.peer else [])):
-        cmd = [
-            sys.executable,
-            __file__,
-            "--part",
-            part,
-            "--steps",
-            str(args.steps),
-            "--prompts",
-            str(args.prompts),
-            "--samples",
-            str(args.samples),
-            "--max-tokens",
-            str(args.max_tokens),
-            *(f"--set={kv}" for kv in args.set),
-        ]
+    for part in ("raw", "rayrl", *([args.peer] if args.peer else [])):
+        cmd = [sys.executable, __file__, "--part", part, *_shape_args(args)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
@@ -312,7 +367,6 @@ def main() -> None:
             raise SystemExit(f"bench part {part!r} failed")
         results.update(json.loads(line[len("RESULT ") :]))
     r = results
-    raw_best = max(r["raw_vllm_tokens_per_s"], r["raw_inproc_tokens_per_s"])
     shape = f"{args.prompts} prompts x {args.samples} samples x {args.max_tokens} new tokens, 1 turn"
     rows = [
         ("shape", shape),
@@ -329,10 +383,21 @@ def main() -> None:
             if "trl_time_step" in r
             else []
         ),
-        ("rollout tokens/s, rayrl (same prompts)", f"{r['same_prompts_tokens_per_s']:.0f}"),
-        ("rollout tokens/s, raw vLLM (its default processes)", f"{r['raw_vllm_tokens_per_s']:.0f}"),
-        ("rollout tokens/s, raw vLLM (all in one process)", f"{r['raw_inproc_tokens_per_s']:.0f}"),
-        ("rayrl / raw vLLM (the faster)", f"{r['same_prompts_tokens_per_s'] / raw_best:.2f}"),
+        ("rollout tokens/s, rayrl (same prompts, median of 3)", f"{r['same_prompts_tokens_per_s']:.0f}"),
+        ("rollout tokens/s, raw vLLM in one process, alternated", f"{r['raw_inproc_tokens_per_s']:.0f}"),
+        (
+            "rayrl / raw vLLM alongside it (median of 3 pairs)",
+            f"{r['rollout_ratio_paired']:.2f} ({', '.join(f'{x:.2f}' for x in r['rollout_ratios'])})",
+        ),
+        (
+            "rollout tokens/s, raw vLLM in one process, after Ray stopped",
+            f"{r['raw_inproc_alone_tokens_per_s']:.0f}",
+        ),
+        ("rollout tokens/s, raw vLLM (its default processes, own part)", f"{r['raw_vllm_tokens_per_s']:.0f}"),
+        (
+            "rayrl / raw vLLM in its default processes",
+            f"{r['same_prompts_tokens_per_s'] / r['raw_vllm_tokens_per_s']:.2f}",
+        ),
         ("rollout tokens/s in GRPO steps (median)", f"{r['tokens_per_s']:.0f}"),
         ("engine vs learner log-prob, mean abs gap", f"{r['logprob_gap']:.4f}"),
         (
@@ -368,6 +433,15 @@ def main() -> None:
         *([("peak RSS, TRL process (MiB)", f"{r['trl_peak_mb']:.0f}")] if "trl_peak_mb" in r else []),
     ]
     print_table(rows)
+
+
+def _shape_args(args) -> list[str]:
+    """The command-line arguments that give a part this run's shape and settings."""
+    return [
+        *("--steps", str(args.steps), "--prompts", str(args.prompts)),
+        *("--samples", str(args.samples), "--max-tokens", str(args.max_tokens)),
+        *(f"--set={kv}" for kv in args.set),
+    ]
 
 
 def print_table(rows: list[tuple[str, str]]) -> None:

@@ -50,9 +50,9 @@ def memory_available_fraction(
 ) -> float:
     """Memory this process could still take, as a fraction of what it may take in all: the
     machine's (`MemAvailable` over `MemTotal`), or its container's where a cgroup limit is
-    tighter (v2 `memory.max`, v1 `memory.limit_in_bytes`, of this process's cgroup or of
-    the mounted root; reclaimable page cache counts as available, as the kernel counts
-    it). 1.0 where neither can be read."""
+    tighter (v2 `memory.max`, v1 `memory.limit_in_bytes`, of this process's cgroup, of
+    any cgroup above it, or of the mounted root; reclaimable page cache counts as
+    available, as the kernel counts it). 1.0 where neither can be read."""
     try:
         info = {
             line.split(":")[0]: int(line.split()[1]) * 1024
@@ -69,8 +69,9 @@ def memory_available_fraction(
 
 
 def _cgroup_memory(root: Path, self_cgroup: str) -> tuple[int, int] | None:
-    """(limit, usage less reclaimable page cache) of this process's memory cgroup; None
-    where there is no limit or none can be read."""
+    """(limit, usage less reclaimable page cache) of the memory cgroup that leaves this
+    process the least room: its own or any ancestor up to the mount's root (a limit set on
+    a pod or a slice binds the cgroups below it). None where no limit can be read."""
     try:
         lines = Path(self_cgroup).read_text().splitlines()
     except OSError:
@@ -90,19 +91,31 @@ def _cgroup_memory(root: Path, self_cgroup: str) -> tuple[int, int] | None:
         ("v1", root / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
     )
     for version, base, limit_name, usage_name, cache_key in layouts:
-        for folder in dict.fromkeys((base / own[version].lstrip("/"), base)):
-            try:
-                limit = int((folder / limit_name).read_text().strip())  # "max": no limit, raises
-                usage = int((folder / usage_name).read_text().strip())
-            except (OSError, ValueError):
-                continue
-            cache = 0
-            try:
-                for line in (folder / "memory.stat").read_text().splitlines():
-                    key, _, value = line.partition(" ")
-                    if key == cache_key:
-                        cache = int(value)
-            except (OSError, ValueError):
-                pass
-            return limit, max(0, usage - cache)
+        own_folder = base / own[version].lstrip("/")
+        found = [
+            got
+            for folder in dict.fromkeys((own_folder, *own_folder.parents, base))
+            if folder.is_relative_to(base)
+            and (got := _cgroup_limit(folder, limit_name, usage_name, cache_key)) is not None
+        ]
+        if found:
+            return min(found, key=lambda got: got[0] - got[1])
     return None
+
+
+def _cgroup_limit(folder: Path, limit_name: str, usage_name: str, cache_key: str) -> tuple[int, int] | None:
+    """(limit, usage less reclaimable page cache) of one cgroup folder; None without a limit."""
+    try:
+        limit = int((folder / limit_name).read_text().strip())  # "max": no limit, raises
+        usage = int((folder / usage_name).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    cache = 0
+    try:
+        for line in (folder / "memory.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == cache_key:
+                cache = int(value)
+    except (OSError, ValueError):
+        pass
+    return limit, max(0, usage - cache)

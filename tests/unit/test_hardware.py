@@ -91,6 +91,25 @@ def test_memory_left_is_the_containers_under_a_tighter_cgroup_limit(
     assert got == pytest.approx(expected)
 
 
+def test_memory_left_is_bound_by_a_limit_set_above_this_processs_cgroup(tmp_path):
+    # a pod-level limit: the pod's cgroup has 1 GiB with 768 MiB used; the container's own
+    # cgroup below it has a looser limit, and a sibling container uses part of the pod's
+    pod, own = tmp_path / "pod", tmp_path / "pod" / "ctr"
+    own.mkdir(parents=True)
+    (pod / "memory.max").write_text(f"{GIB}\n")
+    (pod / "memory.current").write_text(f"{768 * MIB}\n")
+    (own / "memory.max").write_text(f"{2 * GIB}\n")
+    (own / "memory.current").write_text(f"{512 * MIB}\n")
+    (tmp_path / "self").write_text("0::/pod/ctr\n")
+    got = hardware.memory_available_fraction(str(tmp_path), str(tmp_path / "self"))
+    assert got == pytest.approx(0.25)
+    # without the pod's limit the container's own binds (these machines have more than
+    # its 1.5 GiB left)
+    (pod / "memory.max").write_text("max\n")
+    got = hardware.memory_available_fraction(str(tmp_path), str(tmp_path / "self"))
+    assert got == pytest.approx(0.75)
+
+
 def test_release_memory_auto_trims_only_when_memory_is_short(monkeypatch):
     import torch
 

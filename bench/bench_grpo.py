@@ -393,6 +393,10 @@ def main() -> None:
             "rollout tokens/s, raw vLLM in one process, after Ray stopped",
             f"{r['raw_inproc_alone_tokens_per_s']:.0f}",
         ),
+        (
+            "rayrl / raw vLLM after Ray stopped",
+            f"{r['same_prompts_tokens_per_s'] / r['raw_inproc_alone_tokens_per_s']:.2f}",
+        ),
         ("rollout tokens/s, raw vLLM (its default processes, own part)", f"{r['raw_vllm_tokens_per_s']:.0f}"),
         (
             "rayrl / raw vLLM in its default processes",

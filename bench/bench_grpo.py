@@ -11,10 +11,11 @@ both without a reference model, TRL's own default), and the table gives both med
 and their ratio.
 Parts run in separate processes one after the other, so they never share the cores.
 Raw vLLM runs twice: in its default processes as a part of its own, and all in one
-process beside rayrl's part, where it is built before rayrl starts and then alternates
+process beside rayrl's part, where it is built after rayrl's steps and then alternates
 with rayrl's same-prompt rollouts batch by batch (raw, rayrl, raw, ..., raw). The rollout
 ratio is each rayrl batch against the raw batches either side of it, so a machine that
-speeds up or slows down between parts (these move by up to 2x) does not enter it.
+speeds up or slows down between parts (these move by up to 2x) does not enter it. Raw
+vLLM is measured once more after Ray has stopped: what Ray's idle presence costs it.
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ def _cgroup_memory(root: Path, self_cgroup: str) -> tuple[int, int] | None:
         own_folder = base / own[version].lstrip("/")
         found = [
             got
-            for folder in dict.fromkeys((own_folder, *own_folder.parents, base))
+            for folder in (own_folder, *own_folder.parents)  # up to `base`, which is among them
             if folder.is_relative_to(base)
             and (got := _cgroup_limit(folder, limit_name, usage_name, cache_key)) is not None
         ]
